@@ -1,0 +1,5 @@
+"""`python -m fcgicompose`."""
+
+from fcgicompose.cli import main
+
+main()

@@ -1,0 +1,354 @@
+"""Carry out a Plan: switch the files as a set, record them, then tell systemd and nginx.
+
+This is the I/O edge for writes and runtime commands. Every step that can fail leaves the host on
+the old files (and, for runtime steps, restarts what it stopped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import attrs
+
+from fcgicompose import names
+from fcgicompose.errors import ApplyError, LockError, Problem, StateError
+from fcgicompose.plan import Action, ActionKind, Change, FileChange, Plan
+from fcgicompose.state import Record, RecordEntry, host_path, read_fact, record_path, sha256_text
+
+Progress = Callable[[str], None]
+LOCK_NAME = "lock"
+
+
+@attrs.frozen
+class CommandResult:
+    argv: tuple[str, ...]
+    returncode: int
+    output: str
+
+
+def run_command(argv: Sequence[str]) -> CommandResult:
+    """Run a host command, capturing its output (stdout and stderr together)."""
+    try:
+        done = subprocess.run(
+            list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            timeout=120, check=False,
+        )
+    except FileNotFoundError:
+        return CommandResult(tuple(argv), 127, f"{argv[0]}: command not found")
+    except subprocess.TimeoutExpired:
+        return CommandResult(tuple(argv), 124, f"{argv[0]}: timed out after 120 s")
+    return CommandResult(tuple(argv), done.returncode, done.stdout.strip())
+
+
+Runner = Callable[[Sequence[str]], CommandResult]
+
+
+@attrs.frozen
+class Outcome:
+    """What apply did, for the report and --json."""
+
+    files_written: int
+    files_deleted: int
+    commands: tuple[CommandResult, ...]
+    generation: int
+
+
+# ----------------------------------------------------------------------------- the lock
+
+
+@contextlib.contextmanager
+def locked(root: Path, timeout: float = 30.0) -> Iterator[None]:
+    """Hold the root's apply lock; wait at most `timeout` seconds for another holder."""
+    state_dir = host_path(root, names.STATE_DIR)
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise LockError(
+                        [Problem(f"another fcgicompose apply holds the lock for {timeout:g} s",
+                                 file=str(state_dir / LOCK_NAME),
+                                 hint="wait for it to finish, or raise --lock-timeout")]
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def _write_atomically(path: Path, content: str | None, link_target: str = "", mode: int = 0o644) -> None:
+    """Write via a temp file in the same directory (mode set, fsynced), then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    temp = path.with_name(f".{path.name}.fcgicompose-tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temp.unlink()
+    if link_target:
+        os.symlink(link_target, temp)
+    else:
+        assert content is not None
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        try:
+            os.fchmod(fd, mode)  # not subject to the umask
+            os.write(fd, content.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    os.rename(temp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@attrs.frozen
+class _Undo:
+    """How to put one path back: its old content or link, or remove it."""
+
+    path: Path
+    content: str | None
+    link_target: str
+    existed: bool
+
+    def run(self) -> None:
+        if self.existed:
+            _write_atomically(self.path, self.content, self.link_target)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+
+
+def check_not_moved(root: Path, plan: Plan) -> None:
+    """Refuse if a file the plan changes is no longer what the plan saw."""
+    moved = []
+    for change in plan.changes:
+        if not change.change.touches_disk:
+            continue
+        fact = read_fact(root, change.path)
+        expected_exists = change.change is not Change.CREATE
+        if change.is_link:
+            same = fact.exists == expected_exists
+        else:
+            same = fact.exists == expected_exists and (
+                not expected_exists or fact.content == change.old_content
+            )
+        if not same:
+            moved.append(Problem("changed since the plan was made", file=change.path,
+                                 hint="run plan again"))
+    if moved:
+        raise StateError(moved)
+
+
+def switch_files(root: Path, changes: Sequence[FileChange], progress: Progress) -> list[_Undo]:
+    """Put every changed file in place; on any error undo those already switched."""
+    undo: list[_Undo] = []
+    try:
+        for change in changes:
+            target = host_path(root, change.path)
+            before = read_fact(root, change.path)
+            undo.append(_Undo(target, before.content, before.link_target, before.exists))
+            if change.change is Change.DELETE:
+                target.unlink()
+                _fsync_dir(target.parent)
+            else:
+                _write_atomically(target, change.content, change.link_target)
+            progress(f"{change.change.symbol} {change.path}")
+    except OSError as error:
+        restore_files(undo)
+        raise ApplyError(
+            [Problem(f"writing failed: {error.strerror}; the old files were put back",
+                     file=str(getattr(error, "filename", "") or ""))]
+        ) from None
+    return undo
+
+
+def restore_files(undo: Sequence[_Undo]) -> None:
+    for step in reversed(undo):
+        step.run()
+
+
+def new_record(plan: Plan, old: Record) -> Record:
+    """The record after a successful switch."""
+    entries = dict(old.entries)
+    for change in plan.files:
+        if change.change in (Change.DELETE, Change.FORGET):
+            entries.pop(change.path, None)
+            continue
+        entries[change.path] = RecordEntry(
+            path=change.path,
+            kind=str(change.kind),
+            sha256="" if change.is_link else sha256_text(change.content),
+            link_target=change.link_target,
+            apps=change.apps,
+            worker=change.worker,
+        )
+    return Record(generation=old.generation + 1, spec=plan.spec, entries=entries)
+
+
+def write_record(root: Path, record: Record) -> None:
+    path = record_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    _write_atomically(path, record.to_json(), mode=0o600)
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+@attrs.define
+class _Runtime:
+    """Runs the plan's runtime actions and remembers what to undo."""
+
+    runner: Runner
+    progress: Progress
+    results: list[CommandResult] = attrs.field(factory=list)
+    attempted: list[Action] = attrs.field(factory=list)
+    started: list[str] = attrs.field(factory=list)
+    stopped: list[str] = attrs.field(factory=list)
+
+    def run(self, *argv: str, check: bool = True) -> CommandResult:
+        self.progress("  $ " + " ".join(argv))
+        result = self.runner(argv)
+        self.results.append(result)
+        if check and result.returncode != 0:
+            raise _StepFailed(result)
+        return result
+
+    def action(self, action: Action) -> None:
+        self.attempted.append(action)
+        kind, units = action.kind, list(action.units)
+        if kind is ActionKind.NGINX_TEST:
+            self.run("nginx", "-t", "-q")
+        elif kind is ActionKind.DAEMON_RELOAD:
+            self.run("systemctl", "daemon-reload")
+        elif kind is ActionKind.START:
+            self.run("systemctl", "start", *units)
+            self.started += units
+        elif kind is ActionKind.RESTART_SOCKETS:
+            for socket in units:  # one at a time: the other workers keep serving
+                service = socket.replace(".socket", ".service")
+                self.run("systemctl", "stop", service, socket)
+                self.run("systemctl", "start", socket)
+        elif kind is ActionKind.RESTART_SERVICES:
+            self.run("systemctl", "try-restart", *units)
+        elif kind is ActionKind.NGINX_RELOAD:
+            self.run("systemctl", "try-reload-or-restart", "nginx.service")
+        elif kind is ActionKind.STOP:
+            self.run("systemctl", "stop", *units)
+            self.stopped += units
+        elif kind is ActionKind.RESET_FAILED:
+            self.run("systemctl", "reset-failed", *units, check=False)  # fails if none failed
+        elif kind is ActionKind.VERIFY:
+            self.verify(units)
+
+    def verify(self, sockets: Sequence[str]) -> None:
+        result = self.run("systemctl", "is-active", *sockets, check=False)
+        states = result.output.splitlines()
+        bad = [f"{u} is {s}" for u, s in zip(sockets, states, strict=False) if s != "active"]
+        if bad or len(states) != len(sockets):
+            raise _StepFailed(attrs.evolve(result, output="; ".join(bad) or result.output))
+
+
+class _StepFailed(Exception):
+    def __init__(self, result: CommandResult) -> None:
+        super().__init__(" ".join(result.argv))
+        self.result = result
+
+
+def apply_plan(
+    plan: Plan,
+    root: Path,
+    *,
+    force: bool = False,
+    runner: Runner = run_command,
+    progress: Progress = lambda line: None,
+    rollback: bool = True,
+    lock_timeout: float = 30.0,
+) -> Outcome:
+    """Carry out `plan` on `root`. Runtime actions run only for a live plan."""
+    if plan.blockers:
+        raise StateError(plan.blockers)
+    if plan.drift and not force:
+        raise StateError(plan.drift)
+    with locked(root, lock_timeout):
+        from fcgicompose.state import read_record  # under the lock: the record may have moved
+
+        old_record, _ = read_record(root)
+        if old_record.generation != plan.generation:
+            raise StateError(
+                [Problem(f"the record moved from generation {plan.generation} to "
+                         f"{old_record.generation} since the plan was made",
+                         file=str(record_path(root)), hint="run plan again")]
+            )
+        check_not_moved(root, plan)
+        changes = [c for c in plan.changes if c.change.touches_disk]
+        undo = switch_files(root, changes, progress)
+        runtime = _Runtime(runner, progress)
+        try:
+            record = new_record(plan, old_record)
+            write_record(root, record)
+            if plan.live:
+                for action in plan.actions:
+                    progress(f"→ {action.describe()}")
+                    runtime.action(action)
+        except _StepFailed as failed:
+            message = f"`{' '.join(failed.result.argv)}` failed: {failed.result.output or 'no output'}"
+            if not rollback:
+                raise ApplyError([Problem(message, hint="--no-rollback: the new files stay in place")]) from None
+            _roll_back(root, plan, undo, old_record, runtime, progress)
+            raise ApplyError([Problem(message, hint="the previous files and units were restored")]) from None
+        except BaseException:
+            # Anything unexpected (a bug, Ctrl-C) after the switch: never leave a half-done host.
+            _roll_back(root, plan, undo, old_record, runtime, progress)
+            raise
+        written = sum(1 for c in changes if c.change is not Change.DELETE)
+        return Outcome(written, len(changes) - written, tuple(runtime.results), record.generation)
+
+
+def _roll_back(
+    root: Path, plan: Plan, undo: list[_Undo], old_record: Record, runtime: _Runtime, progress: Progress
+) -> None:
+    """Put the old files back and bring the units and nginx back to how they were."""
+    progress("rolling back: restoring the previous files")
+    restore_files(undo)
+    write_record(root, old_record)
+    attempted = {action.kind: action for action in runtime.attempted}
+    if set(attempted) <= {ActionKind.NGINX_TEST}:
+        return  # nothing ran on the host yet
+    progress("rolling back: restoring the previous units")
+    runtime.run("systemctl", "daemon-reload", check=False)
+    if runtime.started:
+        services = [u.replace(".socket", ".service") for u in runtime.started]
+        runtime.run("systemctl", "stop", *services, *runtime.started, check=False)
+    if ActionKind.RESTART_SOCKETS in attempted:
+        for socket in attempted[ActionKind.RESTART_SOCKETS].units:
+            runtime.run("systemctl", "stop", socket.replace(".socket", ".service"), socket, check=False)
+            runtime.run("systemctl", "start", socket, check=False)
+    if ActionKind.RESTART_SERVICES in attempted:
+        runtime.run("systemctl", "try-restart", *attempted[ActionKind.RESTART_SERVICES].units, check=False)
+    sockets = [u for u in runtime.stopped if u.endswith(".socket")]
+    if sockets:
+        runtime.run("systemctl", "start", *sockets, check=False)
+    if ActionKind.NGINX_RELOAD in attempted:
+        runtime.run("systemctl", "try-reload-or-restart", "nginx.service", check=False)

@@ -1,0 +1,235 @@
+"""Command line: the only place that prints and exits.
+
+Exit codes: 0 success (and "no changes" with --detailed-exitcode), 1 a user error (bad spec,
+conflict, failed apply; one line per problem), 2 changes planned (with --detailed-exitcode),
+3 an internal error (a bug: details go to a file, or to the terminal with --debug).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from fcgicompose import __version__
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES, EXIT_BUG = 0, 1, 2, 3
+
+_ROOT_HELP = "Target root directory (default: the live host /). Runtime actions run only for /."
+
+
+class _State:
+    def __init__(self, debug: bool, color: bool | None) -> None:
+        self.debug = debug
+        self.color = color
+
+    def style(self, text: str, color: str) -> str:
+        if not self.color or not color:
+            return text
+        if color == "dim":
+            return click.style(text, dim=True)
+        if color == "bold":
+            return click.style(text, bold=True)
+        return click.style(text, fg=color)
+
+
+def _wants_color(flag: bool | None) -> bool:
+    if flag is not None:
+        return flag
+    if os.environ.get("NO_COLOR"):  # https://no-color.org
+        return False
+    return sys.stdout.isatty()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="fcgicompose")
+@click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
+@click.option("--color/--no-color", default=None, help="Force colour on or off (default: on a terminal, unless NO_COLOR is set).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, color: bool | None) -> None:
+    """Run FastCGI programs as supervised, socket-activated systemd workers behind nginx,
+    declared in one TOML spec.
+
+    \b
+    Typical use:
+      fcgicompose validate fcgi.toml          check the spec, touch nothing
+      fcgicompose plan fcgi.toml              show what apply would change
+      fcgicompose apply fcgi.toml             change the host (asks first)
+      fcgicompose plan fcgi.toml --root DIR   plan against a staging tree instead of /
+
+    The spec format is described in docs/spec.md; the JSON schema is
+    schemas/fcgicompose.schema.json.
+    """
+    ctx.obj = _State(debug, _wants_color(color))
+
+
+def _guard(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn our errors into one line per problem and bugs into a short message."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from fcgicompose.errors import FcgiComposeError
+
+        state: _State = click.get_current_context().obj
+        try:
+            return function(*args, **kwargs)
+        except FcgiComposeError as error:
+            for problem in error.problems:
+                click.echo(state.style(f"error: {problem}", "red"), err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as error:  # noqa: BLE001 - the last line of defence
+            _report_bug(state, error)
+
+    return wrapper
+
+
+def _report_bug(state: _State, error: Exception) -> NoReturn:
+    details = traceback.format_exc()
+    if state.debug:
+        click.echo(details, err=True)
+        where = "above"
+    else:
+        fd, path = tempfile.mkstemp(prefix="fcgicompose-crash-", suffix=".txt")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(details)
+        where = path
+    click.echo(
+        state.style(f"internal error: {type(error).__name__}: {error} (details: {where})", "red"),
+        err=True,
+    )
+    click.echo("This is a bug in fcgicompose; please report it with the details.", err=True)
+    sys.exit(EXIT_BUG)
+
+
+def _load(spec_path: str) -> Any:
+    from fcgicompose.spec import load_spec
+
+    return load_spec(Path(spec_path), spec_path)
+
+
+_spec_argument = click.argument("spec", type=click.Path(dir_okay=False))
+_root_option = click.option(
+    "--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True,
+    help=_ROOT_HELP,
+)
+
+
+@main.command()
+@_spec_argument
+@click.pass_obj
+@_guard
+def validate(state: _State, spec: str) -> None:
+    """Check SPEC and report every problem at once; touch nothing."""
+    loaded = _load(spec)
+    workers = sum(app.workers for app in loaded.apps.values())
+    click.echo(state.style(f"{spec}: valid ({len(loaded.apps)} apps, {workers} workers)", "green"))
+
+
+@main.command()
+@_spec_argument
+@_guard
+def graph(spec: str) -> None:
+    """Print the artifact dependency graph of SPEC as Graphviz DOT.
+
+    An edge A -> B means A must be in place before B (render with `dot -Tsvg`).
+    """
+    from fcgicompose.graph import build_graph, to_dot
+
+    click.echo(to_dot(build_graph(_load(spec))), nl=False)
+
+
+def _plan(state: _State, spec: str, root: Path, for_apply: bool) -> Any:
+    from fcgicompose.errors import FcgiComposeError
+    from fcgicompose.spec import account_problems
+    from fcgicompose.state import read_accounts
+    from fcgicompose.workflow import plan_for
+
+    loaded = _load(spec)
+    accounts = read_accounts(root)
+    if accounts is not None:
+        problems = account_problems(loaded, *accounts)
+        if problems and for_apply:
+            raise FcgiComposeError(problems)
+        for problem in problems:
+            click.echo(state.style(f"warning: {problem}", "yellow"), err=True)
+    return plan_for(loaded, root)
+
+
+@main.command()
+@_spec_argument
+@_root_option
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--detailed-exitcode", is_flag=True,
+              help="Exit 0 when nothing would change, 2 when something would, 1 on error.")
+@click.pass_obj
+@_guard
+def plan(state: _State, spec: str, root: Path, as_json: bool, detailed_exitcode: bool) -> None:
+    """Show what `apply SPEC` would change under ROOT, and why.
+
+    Lists each file to create (+), update (~, with a diff) or delete (-), hand edits (drift),
+    then the systemd and nginx steps apply would take, in order. Reads only.
+    """
+    from fcgicompose import report
+
+    the_plan = _plan(state, spec, root, for_apply=False)
+    if as_json:
+        click.echo(report.dumps(report.plan_json(the_plan)), nl=False)
+    else:
+        click.echo(report.plan_text(the_plan, state.style), nl=False)
+    if the_plan.blockers:
+        sys.exit(EXIT_ERROR)
+    if detailed_exitcode and the_plan.has_changes:
+        sys.exit(EXIT_CHANGES)
+
+
+@main.command()
+@_spec_argument
+@_root_option
+@click.option("--auto-approve", is_flag=True, help="Apply without asking (needed without a terminal).")
+@click.option("--force", is_flag=True, help="Overwrite or delete files edited by hand since the last apply.")
+@click.option("--no-rollback", is_flag=True, help="On failure keep the new files for debugging.")
+@click.option("--lock-timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to wait for another apply on the same root.")
+@click.pass_obj
+@_guard
+def apply(state: _State, spec: str, root: Path, auto_approve: bool, force: bool,
+          no_rollback: bool, lock_timeout: float) -> None:
+    """Make ROOT match SPEC: write the files as one set, then tell systemd and nginx.
+
+    Shows the plan first and asks for confirmation on a terminal. On the live root / it then
+    runs daemon-reload, starts new sockets, restarts only what changed, tests and reloads nginx,
+    and stops removed workers; if a step fails, the previous files and units are restored.
+    """
+    from fcgicompose import report
+    from fcgicompose.apply import apply_plan
+    from fcgicompose.errors import FcgiComposeError
+
+    the_plan = _plan(state, spec, root, for_apply=True)
+    click.echo(report.plan_text(the_plan, state.style), nl=False)
+    if not the_plan.has_changes:
+        return
+    if the_plan.blockers:
+        raise FcgiComposeError(the_plan.blockers)
+    if not auto_approve:
+        if not sys.stdin.isatty():
+            raise FcgiComposeError("refusing to apply without confirmation: no terminal (pass --auto-approve)")
+        if click.prompt("Apply these changes? Type 'yes' to go on", default="", show_default=False) != "yes":
+            click.echo("Nothing applied.")
+            sys.exit(EXIT_ERROR)
+    outcome = apply_plan(
+        the_plan, root, force=force, rollback=not no_rollback, lock_timeout=lock_timeout,
+        progress=lambda line: click.echo(state.style(line, "dim")),
+    )
+    click.echo(report.outcome_text(outcome, the_plan, state.style), nl=False)

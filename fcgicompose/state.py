@@ -1,0 +1,185 @@
+"""What is installed under a root ("facts") and the tool's own record of what it wrote.
+
+This is an I/O edge: everything here reads or writes the target filesystem. The record keeps
+paths and hashes, never contents (like chezmoi's state), so it holds no secrets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from fcgicompose import names
+from fcgicompose.errors import Problem, StateError
+
+RECORD_FORMAT = 1
+RECORD_NAME = "state.json"
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@attrs.frozen
+class FileFact:
+    """One path on the target as it is now."""
+
+    path: str
+    exists: bool = False
+    is_link: bool = False
+    is_other: bool = False  # a directory, device, ...: never ours to touch
+    content: str | None = None  # text of a regular file (None if absent or not UTF-8)
+    sha256: str = ""
+    link_target: str = ""
+
+    def matches(self, content: str | None, link_target: str) -> bool:
+        """Whether this is exactly the given file or symlink."""
+        if link_target:
+            return self.is_link and self.link_target == link_target
+        return self.exists and not self.is_link and not self.is_other and self.content == content
+
+
+@attrs.frozen
+class RecordEntry:
+    """A file fcgicompose wrote, as it wrote it."""
+
+    path: str
+    kind: str
+    sha256: str = ""
+    link_target: str = ""
+    apps: tuple[str, ...] = ()
+    worker: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind, "apps": list(self.apps)}
+        if self.link_target:
+            data["link_target"] = self.link_target
+        else:
+            data["sha256"] = self.sha256
+        if self.worker:
+            data["worker"] = self.worker
+        return data
+
+    def matches(self, fact: FileFact) -> bool:
+        """Whether the file on disk is still what fcgicompose wrote (no drift)."""
+        if self.link_target:
+            return fact.is_link and fact.link_target == self.link_target
+        return fact.exists and not fact.is_link and fact.sha256 == self.sha256
+
+
+@attrs.frozen
+class Record:
+    """The tool's memory of one root: what it wrote, and which generation that was."""
+
+    generation: int = 0
+    spec: str = ""
+    entries: Mapping[str, RecordEntry] = attrs.field(factory=dict)
+
+    def to_json(self) -> str:
+        data = {
+            "format": RECORD_FORMAT,
+            "generation": self.generation,
+            "spec": self.spec,
+            "files": {path: entry.to_json() for path, entry in sorted(self.entries.items())},
+        }
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Record:
+        try:
+            data: dict[str, Any] = json.loads(text)
+            if data.get("format") != RECORD_FORMAT:
+                raise ValueError(f"unknown format {data.get('format')!r}")
+            entries = {
+                path: RecordEntry(
+                    path=path,
+                    kind=str(fields["kind"]),
+                    sha256=str(fields.get("sha256", "")),
+                    link_target=str(fields.get("link_target", "")),
+                    apps=tuple(fields.get("apps", ())),
+                    worker=int(fields.get("worker", 0)),
+                )
+                for path, fields in data["files"].items()
+            }
+            return cls(int(data["generation"]), str(data.get("spec", "")), entries)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise StateError(
+                [Problem(f"unreadable fcgicompose record: {error}", file=where,
+                         hint="restore it from backup, or move it away to start over")]
+            ) from None
+
+
+def host_path(root: Path, path: str) -> Path:
+    """The target `path` under `root`; refuses paths whose parents leave the root by symlink."""
+    joined = root / path.lstrip("/")
+    parent = joined.parent
+    real_root = os.path.realpath(root)
+    real_parent = os.path.realpath(parent)
+    if real_parent != real_root and not real_parent.startswith(real_root.rstrip("/") + "/"):
+        raise StateError(
+            [Problem(f"{parent} leads outside {root} through a symlink", file=str(joined),
+                     hint="fcgicompose never writes through symlinks out of the root")]
+        )
+    return joined
+
+
+def read_fact(root: Path, path: str) -> FileFact:
+    """Look at one path without following a final symlink."""
+    target = host_path(root, path)
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return FileFact(path)
+    except NotADirectoryError:
+        return FileFact(path)
+    if stat.S_ISLNK(info.st_mode):
+        return FileFact(path, exists=True, is_link=True, link_target=os.readlink(target))
+    if not stat.S_ISREG(info.st_mode):
+        return FileFact(path, exists=True, is_other=True)
+    data = target.read_bytes()
+    try:
+        content: str | None = data.decode("utf-8")
+    except UnicodeDecodeError:
+        content = None
+    return FileFact(
+        path, exists=True, content=content, sha256=hashlib.sha256(data).hexdigest()
+    )
+
+
+def read_facts(root: Path, paths: Iterable[str]) -> dict[str, FileFact]:
+    return {path: read_fact(root, path) for path in sorted(set(paths))}
+
+
+def record_path(root: Path) -> Path:
+    return host_path(root, f"{names.STATE_DIR}/{RECORD_NAME}")
+
+
+def read_record(root: Path) -> tuple[Record, str]:
+    """The record and the sha256 of its bytes ("" when there is none yet)."""
+    path = record_path(root)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return Record(), ""
+    return Record.from_json(data.decode("utf-8", "replace"), str(path)), hashlib.sha256(
+        data
+    ).hexdigest()
+
+
+def read_accounts(root: Path) -> tuple[set[str], set[str]] | None:
+    """User and group names of the target, or None if it has no etc/passwd (a staging root)."""
+    try:
+        passwd = host_path(root, "/etc/passwd").read_text(encoding="utf-8", errors="replace")
+        group = host_path(root, "/etc/group").read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return None
+    users = {line.split(":", 1)[0] for line in passwd.splitlines() if ":" in line}
+    groups = {line.split(":", 1)[0] for line in group.splitlines() if ":" in line}
+    return users, groups
