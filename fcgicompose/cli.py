@@ -29,6 +29,10 @@ class _State:
         self.debug = debug
         self.color = color
 
+    def echo(self, text: str, *, err: bool = False, nl: bool = True) -> None:
+        """Print, keeping our colours even when click would strip them (we decided already)."""
+        click.echo(text, err=err, nl=nl, color=self.color)
+
     def style(self, text: str, color: str) -> str:
         if not self.color or not color:
             return text
@@ -82,7 +86,7 @@ def _guard(function: Callable[..., Any]) -> Callable[..., Any]:
             return function(*args, **kwargs)
         except FcgiComposeError as error:
             for problem in error.problems:
-                click.echo(state.style(f"error: {problem}", "red"), err=True)
+                state.echo(state.style(f"error: {problem}", "red"), err=True)
             sys.exit(EXIT_ERROR)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -134,7 +138,7 @@ def validate(state: _State, spec: str) -> None:
     """Check SPEC and report every problem at once; touch nothing."""
     loaded = _load(spec)
     workers = sum(app.workers for app in loaded.apps.values())
-    click.echo(state.style(f"{spec}: valid ({len(loaded.apps)} apps, {workers} workers)", "green"))
+    state.echo(state.style(f"{spec}: valid ({len(loaded.apps)} apps, {workers} workers)", "green"))
 
 
 @main.command()
@@ -163,7 +167,7 @@ def _plan(state: _State, spec: str, root: Path, for_apply: bool) -> Any:
         if problems and for_apply:
             raise FcgiComposeError(problems)
         for problem in problems:
-            click.echo(state.style(f"warning: {problem}", "yellow"), err=True)
+            state.echo(state.style(f"warning: {problem}", "yellow"), err=True)
     return plan_for(loaded, root)
 
 
@@ -185,9 +189,9 @@ def plan(state: _State, spec: str, root: Path, as_json: bool, detailed_exitcode:
 
     the_plan = _plan(state, spec, root, for_apply=False)
     if as_json:
-        click.echo(report.dumps(report.plan_json(the_plan)), nl=False)
+        state.echo(report.dumps(report.plan_json(the_plan)), nl=False)
     else:
-        click.echo(report.plan_text(the_plan, state.style), nl=False)
+        state.echo(report.plan_text(the_plan, state.style), nl=False)
     if the_plan.blockers:
         sys.exit(EXIT_ERROR)
     if detailed_exitcode and the_plan.has_changes:
@@ -217,7 +221,7 @@ def apply(state: _State, spec: str, root: Path, auto_approve: bool, force: bool,
     from fcgicompose.errors import FcgiComposeError
 
     the_plan = _plan(state, spec, root, for_apply=True)
-    click.echo(report.plan_text(the_plan, state.style), nl=False)
+    state.echo(report.plan_text(the_plan, state.style), nl=False)
     if not the_plan.has_changes:
         return
     if the_plan.blockers:
@@ -230,6 +234,6 @@ def apply(state: _State, spec: str, root: Path, auto_approve: bool, force: bool,
             sys.exit(EXIT_ERROR)
     outcome = apply_plan(
         the_plan, root, force=force, rollback=not no_rollback, lock_timeout=lock_timeout,
-        progress=lambda line: click.echo(state.style(line, "dim")),
+        progress=lambda line: state.echo(state.style(line, "dim")),
     )
-    click.echo(report.outcome_text(outcome, the_plan, state.style), nl=False)
+    state.echo(report.outcome_text(outcome, the_plan, state.style), nl=False)

@@ -1,0 +1,130 @@
+"""Apply's orchestration with a recording command runner (the real systemd run is in tests/system).
+
+A live plan (root "/") is built against a scratch root so the exact systemctl/nginx command
+sequence, batching and rollback can be checked without touching this host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import pytest
+
+from fcgicompose.apply import CommandResult, apply_plan, locked
+from fcgicompose.errors import ApplyError, LockError
+from fcgicompose.plan import Plan
+from fcgicompose.spec import parse_spec
+from fcgicompose.state import read_record
+from fcgicompose.workflow import plan_for
+
+SPEC = """version = 1
+[apps.a]
+command = ["/usr/bin/a"]
+user = "www-data"
+workers = 2
+environment = { MODE = "MODE_VALUE" }
+[apps.a.route]
+server_name = ["a.example.org"]
+"""
+
+
+class Recorder:
+    """Records commands; fails the first one starting with `fail_on`."""
+
+    def __init__(self, fail_on: tuple[str, ...] = ()) -> None:
+        self.fail_on = fail_on
+        self.commands: list[tuple[str, ...]] = []
+
+    def __call__(self, argv: Sequence[str]) -> CommandResult:
+        self.commands.append(tuple(argv))
+        if self.fail_on and tuple(argv[: len(self.fail_on)]) == self.fail_on:
+            return CommandResult(tuple(argv), 1, "simulated failure")
+        if argv[:2] == ["systemctl", "is-active"] or tuple(argv[:2]) == ("systemctl", "is-active"):
+            return CommandResult(tuple(argv), 0, "\n".join("active" for _ in argv[2:]))
+        return CommandResult(tuple(argv), 0, "")
+
+
+def live_plan(root: Path, mode: str = "one", workers: int = 2) -> Plan:
+    text = SPEC.replace("MODE_VALUE", mode).replace("workers = 2", f"workers = {workers}")
+    return attrs.evolve(plan_for(parse_spec(text, "spec.toml"), root), live=True)
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): p.read_text() if not p.is_symlink() else "->" + str(p.readlink())
+        for p in sorted(root.rglob("*"))
+        if (p.is_file() or p.is_symlink()) and p.name != "lock"
+    }
+
+
+def test_fresh_apply_runs_steps_in_order_and_batched(tmp_path: Path) -> None:
+    runner = Recorder()
+    outcome = apply_plan(live_plan(tmp_path), tmp_path, runner=runner)
+    assert runner.commands == [
+        ("nginx", "-t", "-q"),
+        ("systemctl", "daemon-reload"),
+        ("systemctl", "start", "fcgi-a@1.socket", "fcgi-a@2.socket"),
+        ("systemctl", "try-reload-or-restart", "nginx.service"),
+        ("systemctl", "reset-failed", "fcgi-a@1.socket", "fcgi-a@2.socket"),
+        ("systemctl", "is-active", "fcgi-a@1.socket", "fcgi-a@2.socket"),
+    ]
+    assert outcome.generation == 1 and len(outcome.commands) == 6
+
+
+def test_failed_nginx_test_restores_files_and_runs_nothing_else(tmp_path: Path) -> None:
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    before, record_before = snapshot(tmp_path), read_record(tmp_path)
+    runner = Recorder(fail_on=("nginx", "-t"))
+    with pytest.raises(ApplyError, match="simulated failure"):
+        apply_plan(live_plan(tmp_path, workers=3), tmp_path, runner=runner)
+    assert runner.commands == [("nginx", "-t", "-q")]
+    assert snapshot(tmp_path) == before
+    assert read_record(tmp_path) == record_before
+
+
+def test_failure_after_units_started_rolls_units_back(tmp_path: Path) -> None:
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    before = snapshot(tmp_path)
+    runner = Recorder(fail_on=("systemctl", "try-reload-or-restart"))
+    with pytest.raises(ApplyError, match="previous files and units were restored"):
+        apply_plan(live_plan(tmp_path, workers=3), tmp_path, runner=runner)
+    assert snapshot(tmp_path) == before
+    after_failure = runner.commands[runner.commands.index(("systemctl", "try-reload-or-restart", "nginx.service")) + 1 :]
+    assert after_failure == [
+        ("systemctl", "daemon-reload"),
+        ("systemctl", "stop", "fcgi-a@3.service", "fcgi-a@3.socket"),
+        ("systemctl", "try-reload-or-restart", "nginx.service"),
+    ]
+
+
+def test_no_rollback_keeps_the_new_files(tmp_path: Path) -> None:
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    with pytest.raises(ApplyError, match="--no-rollback"):
+        apply_plan(live_plan(tmp_path, mode="two"), tmp_path, runner=Recorder(("systemctl", "try-restart")), rollback=False)
+    assert 'MODE=two' in (tmp_path / "etc/systemd/system/fcgi-a@.service").read_text()
+
+
+def test_service_change_restarts_only_services(tmp_path: Path) -> None:
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    runner = Recorder()
+    apply_plan(live_plan(tmp_path, mode="two"), tmp_path, runner=runner)
+    assert runner.commands == [
+        ("systemctl", "daemon-reload"),
+        ("systemctl", "try-restart", "fcgi-a@1.service", "fcgi-a@2.service"),
+        ("systemctl", "reset-failed", "fcgi-a@1.service", "fcgi-a@2.service"),
+    ]
+
+
+def test_a_plan_made_before_another_apply_is_refused(tmp_path: Path) -> None:
+    stale = live_plan(tmp_path)
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    with pytest.raises(Exception, match="generation 0 to 1"):
+        apply_plan(stale, tmp_path, runner=Recorder())
+
+
+def test_second_apply_waits_for_the_lock_then_fails_clearly(tmp_path: Path) -> None:
+    with locked(tmp_path), pytest.raises(LockError, match="holds the lock"):
+        apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(), lock_timeout=0.3)
+    assert snapshot(tmp_path) == {}
