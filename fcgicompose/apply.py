@@ -253,14 +253,40 @@ class _Runtime:
         elif kind is ActionKind.RESTART_SERVICES:
             self.run("systemctl", "try-restart", *units)
         elif kind is ActionKind.NGINX_RELOAD:
-            self.run("systemctl", "try-reload-or-restart", "nginx.service")
+            self.reload_nginx()
         elif kind is ActionKind.STOP:
-            self.run("systemctl", "stop", *units)
             self.stopped += units
+            # A removed worker that never got a request has no loaded service once its file is
+            # gone ("not loaded"): that is stopped enough. Only a unit still running is a failure.
+            self.run("systemctl", "stop", *units, check=False)
+            result = self.run("systemctl", "is-active", *units, check=False)
+            running = [
+                f"{unit} is {state}"
+                for unit, state in zip(units, result.output.splitlines(), strict=False)
+                if state in ("active", "activating", "deactivating", "reloading")
+            ]
+            if running:
+                raise _StepFailed(attrs.evolve(result, output="; ".join(running)))
         elif kind is ActionKind.RESET_FAILED:
             self.run("systemctl", "reset-failed", *units, check=False)  # fails if none failed
         elif kind is ActionKind.VERIFY:
             self.verify(units)
+
+    def reload_nginx(self, timeout: float = 15.0) -> None:
+        """Reload nginx and wait until no worker with the old config accepts requests.
+
+        The reload signal returns at once while the old workers keep accepting for a moment;
+        stopping a removed worker's socket before they are done would fail their requests.
+        """
+        master = self.run("systemctl", "show", "-P", "MainPID", "nginx.service", check=False).output
+        old = _nginx_workers(int(master)) if master.isdigit() and master != "0" else set()
+        self.run("systemctl", "try-reload-or-restart", "nginx.service")
+        deadline = time.monotonic() + timeout
+        while old and time.monotonic() < deadline:
+            current = _nginx_workers(int(master))
+            if current and not current & old:
+                return
+            time.sleep(0.05)
 
     def verify(self, sockets: Sequence[str]) -> None:
         result = self.run("systemctl", "is-active", *sockets, check=False)
@@ -268,6 +294,23 @@ class _Runtime:
         bad = [f"{u} is {s}" for u, s in zip(sockets, states, strict=False) if s != "active"]
         if bad or len(states) != len(sockets):
             raise _StepFailed(attrs.evolve(result, output="; ".join(bad) or result.output))
+
+
+def _nginx_workers(master: int) -> set[int]:
+    """PIDs of nginx workers still accepting requests (not "shutting down")."""
+    try:
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    except OSError:
+        return set()
+    accepting = set()
+    for child in children:
+        try:
+            title = Path(f"/proc/{child}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"worker process" in title and b"shutting down" not in title:
+            accepting.add(int(child))
+    return accepting
 
 
 class _StepFailed(Exception):

@@ -66,11 +66,12 @@ def test_fresh_apply_runs_steps_in_order_and_batched(tmp_path: Path) -> None:
         ("nginx", "-t", "-q"),
         ("systemctl", "daemon-reload"),
         ("systemctl", "start", "fcgi-a@1.socket", "fcgi-a@2.socket"),
+        ("systemctl", "show", "-P", "MainPID", "nginx.service"),
         ("systemctl", "try-reload-or-restart", "nginx.service"),
         ("systemctl", "reset-failed", "fcgi-a@1.socket", "fcgi-a@2.socket"),
         ("systemctl", "is-active", "fcgi-a@1.socket", "fcgi-a@2.socket"),
     ]
-    assert outcome.generation == 1 and len(outcome.commands) == 6
+    assert outcome.generation == 1 and len(outcome.commands) == 7
 
 
 def test_failed_nginx_test_restores_files_and_runs_nothing_else(tmp_path: Path) -> None:
