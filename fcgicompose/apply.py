@@ -37,8 +37,12 @@ def run_command(argv: Sequence[str]) -> CommandResult:
     """Run a host command, capturing its output (stdout and stderr together)."""
     try:
         done = subprocess.run(
-            list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            timeout=120, check=False,
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
+            check=False,
         )
     except FileNotFoundError:
         return CommandResult(tuple(argv), 127, f"{argv[0]}: command not found")
@@ -80,9 +84,13 @@ def locked(root: Path, timeout: float = 30.0) -> Iterator[None]:
                     raise
                 if time.monotonic() >= deadline:
                     raise LockError(
-                        [Problem(f"another fcgicompose apply holds the lock for {timeout:g} s",
-                                 file=str(state_dir / LOCK_NAME),
-                                 hint="wait for it to finish, or raise --lock-timeout")]
+                        [
+                            Problem(
+                                f"another fcgicompose apply holds the lock for {timeout:g} s",
+                                file=str(state_dir / LOCK_NAME),
+                                hint="wait for it to finish, or raise --lock-timeout",
+                            )
+                        ]
                     ) from None
                 time.sleep(0.1)
         yield
@@ -93,7 +101,9 @@ def locked(root: Path, timeout: float = 30.0) -> Iterator[None]:
 # ----------------------------------------------------------------------------- files
 
 
-def _write_atomically(path: Path, content: str | None, link_target: str = "", mode: int = 0o644) -> None:
+def _write_atomically(
+    path: Path, content: str | None, link_target: str = "", mode: int = 0o644
+) -> None:
     """Write via a temp file in the same directory (mode set, fsynced), then rename."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     temp = path.with_name(f".{path.name}.fcgicompose-tmp")
@@ -154,8 +164,9 @@ def check_not_moved(root: Path, plan: Plan) -> None:
                 not expected_exists or fact.content == change.old_content
             )
         if not same:
-            moved.append(Problem("changed since the plan was made", file=change.path,
-                                 hint="run plan again"))
+            moved.append(
+                Problem("changed since the plan was made", file=change.path, hint="run plan again")
+            )
     if moved:
         raise StateError(moved)
 
@@ -177,8 +188,12 @@ def switch_files(root: Path, changes: Sequence[FileChange], progress: Progress) 
     except OSError as error:
         restore_files(undo)
         raise ApplyError(
-            [Problem(f"writing failed: {error.strerror}; the old files were put back",
-                     file=str(getattr(error, "filename", "") or ""))]
+            [
+                Problem(
+                    f"writing failed: {error.strerror}; the old files were put back",
+                    file=str(getattr(error, "filename", "") or ""),
+                )
+            ]
         ) from None
     return undo
 
@@ -340,9 +355,14 @@ def apply_plan(
         old_record, _ = read_record(root)
         if old_record.generation != plan.generation:
             raise StateError(
-                [Problem(f"the record moved from generation {plan.generation} to "
-                         f"{old_record.generation} since the plan was made",
-                         file=str(record_path(root)), hint="run plan again")]
+                [
+                    Problem(
+                        f"the record moved from generation {plan.generation} to "
+                        f"{old_record.generation} since the plan was made",
+                        file=str(record_path(root)),
+                        hint="run plan again",
+                    )
+                ]
             )
         check_not_moved(root, plan)
         changes = [c for c in plan.changes if c.change.touches_disk]
@@ -356,11 +376,17 @@ def apply_plan(
                     progress(f"→ {action.describe()}")
                     runtime.action(action)
         except _StepFailed as failed:
-            message = f"`{' '.join(failed.result.argv)}` failed: {failed.result.output or 'no output'}"
+            message = (
+                f"`{' '.join(failed.result.argv)}` failed: {failed.result.output or 'no output'}"
+            )
             if not rollback:
-                raise ApplyError([Problem(message, hint="--no-rollback: the new files stay in place")]) from None
+                raise ApplyError(
+                    [Problem(message, hint="--no-rollback: the new files stay in place")]
+                ) from None
             _roll_back(root, plan, undo, old_record, runtime, progress)
-            raise ApplyError([Problem(message, hint="the previous files and units were restored")]) from None
+            raise ApplyError(
+                [Problem(message, hint="the previous files and units were restored")]
+            ) from None
         except BaseException:
             # Anything unexpected (a bug, Ctrl-C) after the switch: never leave a half-done host.
             _roll_back(root, plan, undo, old_record, runtime, progress)
@@ -370,7 +396,12 @@ def apply_plan(
 
 
 def _roll_back(
-    root: Path, plan: Plan, undo: list[_Undo], old_record: Record, runtime: _Runtime, progress: Progress
+    root: Path,
+    plan: Plan,
+    undo: list[_Undo],
+    old_record: Record,
+    runtime: _Runtime,
+    progress: Progress,
 ) -> None:
     """Put the old files back and bring the units and nginx back to how they were."""
     progress("rolling back: restoring the previous files")
@@ -386,10 +417,14 @@ def _roll_back(
         runtime.run("systemctl", "stop", *services, *runtime.started, check=False)
     if ActionKind.RESTART_SOCKETS in attempted:
         for socket in attempted[ActionKind.RESTART_SOCKETS].units:
-            runtime.run("systemctl", "stop", socket.replace(".socket", ".service"), socket, check=False)
+            runtime.run(
+                "systemctl", "stop", socket.replace(".socket", ".service"), socket, check=False
+            )
             runtime.run("systemctl", "start", socket, check=False)
     if ActionKind.RESTART_SERVICES in attempted:
-        runtime.run("systemctl", "try-restart", *attempted[ActionKind.RESTART_SERVICES].units, check=False)
+        runtime.run(
+            "systemctl", "try-restart", *attempted[ActionKind.RESTART_SERVICES].units, check=False
+        )
     sockets = [u for u in runtime.stopped if u.endswith(".socket")]
     if sockets:
         runtime.run("systemctl", "start", *sockets, check=False)

@@ -54,7 +54,11 @@ def _wants_color(flag: bool | None) -> bool:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="fcgicompose")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
-@click.option("--color/--no-color", default=None, help="Force colour on or off (default: on a terminal, unless NO_COLOR is set).")
+@click.option(
+    "--color/--no-color",
+    default=None,
+    help="Force colour on or off (default: on a terminal, unless NO_COLOR is set).",
+)
 @click.pass_context
 def main(ctx: click.Context, debug: bool, color: bool | None) -> None:
     """Run FastCGI programs as supervised, socket-activated systemd workers behind nginx,
@@ -125,7 +129,10 @@ def _load(spec_path: str) -> Any:
 
 _spec_argument = click.argument("spec", type=click.Path(dir_okay=False))
 _root_option = click.option(
-    "--root", type=click.Path(file_okay=False, path_type=Path), default=Path("/"), show_default=True,
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("/"),
+    show_default=True,
     help=_ROOT_HELP,
 )
 
@@ -175,8 +182,11 @@ def _plan(state: _State, spec: str, root: Path, for_apply: bool) -> Any:
 @_spec_argument
 @_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-@click.option("--detailed-exitcode", is_flag=True,
-              help="Exit 0 when nothing would change, 2 when something would, 1 on error.")
+@click.option(
+    "--detailed-exitcode",
+    is_flag=True,
+    help="Exit 0 when nothing would change, 2 when something would, 1 on error.",
+)
 @click.pass_obj
 @_guard
 def plan(state: _State, spec: str, root: Path, as_json: bool, detailed_exitcode: bool) -> None:
@@ -201,15 +211,31 @@ def plan(state: _State, spec: str, root: Path, as_json: bool, detailed_exitcode:
 @main.command()
 @_spec_argument
 @_root_option
-@click.option("--auto-approve", is_flag=True, help="Apply without asking (needed without a terminal).")
-@click.option("--force", is_flag=True, help="Overwrite or delete files edited by hand since the last apply.")
+@click.option(
+    "--auto-approve", is_flag=True, help="Apply without asking (needed without a terminal)."
+)
+@click.option(
+    "--force", is_flag=True, help="Overwrite or delete files edited by hand since the last apply."
+)
 @click.option("--no-rollback", is_flag=True, help="On failure keep the new files for debugging.")
-@click.option("--lock-timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to wait for another apply on the same root.")
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for another apply on the same root.",
+)
 @click.pass_obj
 @_guard
-def apply(state: _State, spec: str, root: Path, auto_approve: bool, force: bool,
-          no_rollback: bool, lock_timeout: float) -> None:
+def apply(
+    state: _State,
+    spec: str,
+    root: Path,
+    auto_approve: bool,
+    force: bool,
+    no_rollback: bool,
+    lock_timeout: float,
+) -> None:
     """Make ROOT match SPEC: write the files as one set, then tell systemd and nginx.
 
     Shows the plan first and asks for confirmation on a terminal. On the live root / it then
@@ -228,12 +254,21 @@ def apply(state: _State, spec: str, root: Path, auto_approve: bool, force: bool,
         raise FcgiComposeError(the_plan.blockers)
     if not auto_approve:
         if not sys.stdin.isatty():
-            raise FcgiComposeError("refusing to apply without confirmation: no terminal (pass --auto-approve)")
-        if click.prompt("Apply these changes? Type 'yes' to go on", default="", show_default=False) != "yes":
+            raise FcgiComposeError(
+                "refusing to apply without confirmation: no terminal (pass --auto-approve)"
+            )
+        if (
+            click.prompt("Apply these changes? Type 'yes' to go on", default="", show_default=False)
+            != "yes"
+        ):
             click.echo("Nothing applied.")
             sys.exit(EXIT_ERROR)
     outcome = apply_plan(
-        the_plan, root, force=force, rollback=not no_rollback, lock_timeout=lock_timeout,
+        the_plan,
+        root,
+        force=force,
+        rollback=not no_rollback,
+        lock_timeout=lock_timeout,
         progress=lambda line: state.echo(state.style(line, "dim")),
     )
     state.echo(report.outcome_text(outcome, the_plan, state.style), nl=False)

@@ -101,7 +101,7 @@ def build_graph(spec: Spec) -> nx.DiGraph:
             ),
             after=links,  # nginx routes to a worker only once its socket listens
         )
-        sites[names.site_key(app.route)].append(app)
+        sites[app.route.site].append(app)
     for apps in sites.values():
         first_route = apps[0].route
         assert first_route is not None

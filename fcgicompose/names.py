@@ -49,11 +49,6 @@ def upstream_path(nginx: Nginx, app: App) -> str:
     return f"{nginx.conf_dir}/fcgicompose-upstream-{app.name}.conf"
 
 
-def site_key(route: Route) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """Apps with equal keys share one nginx server block."""
-    return (route.server_name, route.listen)
-
-
 def site_path(nginx: Nginx, route: Route) -> str:
     first = route.server_name[0]
     slug = "default" if first == "_" else re.sub(r"[^A-Za-z0-9.-]", "_", first)
@@ -61,4 +56,6 @@ def site_path(nginx: Nginx, route: Route) -> str:
 
 
 # Parse an instance unit name back into (app, worker, suffix).
-INSTANCE = re.compile(r"fcgi-(?P<app>[a-z][a-z0-9_-]*)@(?P<worker>[0-9]+)\.(?P<suffix>socket|service)")
+INSTANCE = re.compile(
+    r"fcgi-(?P<app>[a-z][a-z0-9_-]*)@(?P<worker>[0-9]+)\.(?P<suffix>socket|service)"
+)

@@ -28,9 +28,14 @@ class Change(StrEnum):
 
     @property
     def symbol(self) -> str:
-        return {"create": "+", "update": "~", "delete": "-", "adopt": "=", "forget": "x", "keep": " "}[
-            self.value
-        ]
+        return {
+            "create": "+",
+            "update": "~",
+            "delete": "-",
+            "adopt": "=",
+            "forget": "x",
+            "keep": " ",
+        }[self.value]
 
     @property
     def touches_disk(self) -> bool:
@@ -144,7 +149,9 @@ def make_plan(
     drift: list[Problem] = []
     wanted = {artifact.path for artifact in desired}
     for artifact in desired:
-        change, problem = _desired_change(artifact, facts[artifact.path], record.entries.get(artifact.path))
+        change, problem = _desired_change(
+            artifact, facts[artifact.path], record.entries.get(artifact.path)
+        )
         files.append(change)
         if problem and change.drift:
             drift.append(problem)
@@ -192,7 +199,9 @@ def _desired_change(
     if entry is None:
         if identical:
             # Byte-identical to what we would write: e.g. the record was lost. Take it over.
-            return attrs.evolve(base, change=Change.ADOPT, reason="identical file found unrecorded; recording it"), None
+            return attrs.evolve(
+                base, change=Change.ADOPT, reason="identical file found unrecorded; recording it"
+            ), None
         return base, Problem(
             "exists and was not written by fcgicompose; refusing to overwrite it",
             file=artifact.path,
@@ -202,7 +211,9 @@ def _desired_change(
         return base, None
     update = attrs.evolve(base, change=Change.UPDATE, reason="spec changed")
     if not entry.matches(fact):
-        return attrs.evolve(update, reason="edited by hand since the last apply", drift=True), Problem(
+        return attrs.evolve(
+            update, reason="edited by hand since the last apply", drift=True
+        ), Problem(
             "changed by hand since fcgicompose wrote it (drift)",
             file=artifact.path,
             hint="fold the edit into the spec, or use --force to overwrite it",
@@ -221,9 +232,13 @@ def _removal(entry: RecordEntry, fact: FileFact) -> tuple[FileChange, Problem | 
         old_content=fact.content,
     )
     if not fact.exists:
-        return attrs.evolve(change, change=Change.FORGET, reason="already gone; dropping it from the record"), None
+        return attrs.evolve(
+            change, change=Change.FORGET, reason="already gone; dropping it from the record"
+        ), None
     if not entry.matches(fact):
-        return attrs.evolve(change, drift=True, reason="edited by hand, then dropped from the spec"), Problem(
+        return attrs.evolve(
+            change, drift=True, reason="edited by hand, then dropped from the spec"
+        ), Problem(
             "changed by hand since fcgicompose wrote it (drift); refusing to delete it",
             file=entry.path,
             hint="use --force to delete it anyway",
@@ -244,7 +259,9 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
     new_links = of(Kind.ENABLE_LINK, Change.CREATE)
     gone_links = of(Kind.ENABLE_LINK, Change.DELETE)
     kept_workers = {
-        (f.apps[0], f.worker) for f in files if f.kind is Kind.ENABLE_LINK and f.change in (Change.KEEP, Change.ADOPT)
+        (f.apps[0], f.worker)
+        for f in files
+        if f.kind is Kind.ENABLE_LINK and f.change in (Change.KEEP, Change.ADOPT)
     }
     restart_sockets: list[str] = []
     restart_services: list[str] = []
@@ -268,7 +285,9 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
     nginx_changed = any(f.kind.is_nginx for f in changed)
     units_changed = any(f.kind.is_unit for f in changed)
     if nginx_changed:
-        actions.append(Action(ActionKind.NGINX_TEST, reason="never reload nginx with a broken config"))
+        actions.append(
+            Action(ActionKind.NGINX_TEST, reason="never reload nginx with a broken config")
+        )
     if units_changed:
         actions.append(Action(ActionKind.DAEMON_RELOAD, reason="unit files changed"))
     new_sockets = tuple(names.socket_instance(f.apps[0], f.worker) for f in new_links)
@@ -295,20 +314,33 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
     gone = tuple(
         unit
         for f in gone_links
-        for unit in (names.socket_instance(f.apps[0], f.worker), names.service_instance(f.apps[0], f.worker))
+        for unit in (
+            names.socket_instance(f.apps[0], f.worker),
+            names.service_instance(f.apps[0], f.worker),
+        )
     )
     if gone:
         actions.append(
-            Action(ActionKind.STOP, gone, "workers removed from the spec; nginx no longer routes to them")
+            Action(
+                ActionKind.STOP,
+                gone,
+                "workers removed from the spec; nginx no longer routes to them",
+            )
         )
     touched = new_sockets + tuple(restart_sockets) + tuple(restart_services) + gone
     if touched:
         actions.append(
-            Action(ActionKind.RESET_FAILED, touched, "a fixed app must not stay failed from old crashes")
+            Action(
+                ActionKind.RESET_FAILED,
+                touched,
+                "a fixed app must not stay failed from old crashes",
+            )
         )
     listening = tuple(restart_sockets) + new_sockets
     if listening:
-        actions.append(Action(ActionKind.VERIFY, listening, "every started socket must be listening"))
+        actions.append(
+            Action(ActionKind.VERIFY, listening, "every started socket must be listening")
+        )
     return actions, notes
 
 

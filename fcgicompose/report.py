@@ -23,7 +23,9 @@ def plan_text(plan: Plan, style: Style = plain, verb: str = "would") -> str:
     """Terraform-style listing: drift and blockers first, files, runtime actions, summary."""
     out: list[str] = []
     target = "the live host /" if plan.live else f"root {plan.root}"
-    out.append(f"fcgicompose plan of {plan.spec} against {target} (record generation {plan.generation})")
+    out.append(
+        f"fcgicompose plan of {plan.spec} against {target} (record generation {plan.generation})"
+    )
     for problem in plan.blockers:
         out.append(style(f"✗ {problem}", "red"))
     for problem in plan.drift:
@@ -35,13 +37,19 @@ def plan_text(plan: Plan, style: Style = plain, verb: str = "would") -> str:
         out += ["", f"Files ({legend}):"]
         for change in changes:
             color = _COLOR_OF.get(change.change, "")
-            what = f"→ {change.link_target}" if change.is_link and change.change is not Change.DELETE else ""
+            what = (
+                f"→ {change.link_target}"
+                if change.is_link and change.change is not Change.DELETE
+                else ""
+            )
             line = f"  {change.change.symbol} {change.path} {what}".rstrip()
             out.append(style(line, color) + f"  ({change.kind}: {change.reason})")
             if change.change is Change.UPDATE:
                 out += ["      " + style(d, _diff_color(d)) for d in change.diff().splitlines()]
     if plan.actions:
-        heading = "Runtime actions, in order" + ("" if plan.live else f" (skipped: {plan.root} is not the live root /)")
+        heading = "Runtime actions, in order" + (
+            "" if plan.live else f" (skipped: {plan.root} is not the live root /)"
+        )
         out += ["", heading + ":"]
         for number, action in enumerate(plan.actions, start=1):
             out.append(f"  {number}. {action.describe()}")
@@ -58,7 +66,8 @@ def plan_text(plan: Plan, style: Style = plain, verb: str = "would") -> str:
                 f"Plan: {counts[Change.CREATE]} to create, {counts[Change.UPDATE]} to update, "
                 f"{counts[Change.DELETE]} to delete, {counts[Change.KEEP]} unchanged; "
                 f"{len(plan.actions)} runtime action{'s' if len(plan.actions) != 1 else ''}"
-                + ("" if plan.live else " (skipped)") + ".",
+                + ("" if plan.live else " (skipped)")
+                + ".",
                 "bold",
             )
         )
@@ -113,8 +122,11 @@ def outcome_text(outcome: Outcome, plan: Plan, style: Style = plain) -> str:
         if plan.live
         else "runtime actions skipped (not the live root)"
     )
-    return style(
-        f"Applied: {outcome.files_written} written, {outcome.files_deleted} deleted; {runtime}; "
-        f"now at generation {outcome.generation}.",
-        "green",
-    ) + "\n"
+    return (
+        style(
+            f"Applied: {outcome.files_written} written, {outcome.files_deleted} deleted; "
+            f"{runtime}; now at generation {outcome.generation}.",
+            "green",
+        )
+        + "\n"
+    )

@@ -84,7 +84,9 @@ def _field_schema(cls: type[Any], field: attrs.Attribute[Any]) -> dict[str, Any]
 
 def model_schema(cls: type[Any], only_inheritable: bool = False) -> dict[str, Any]:
     fields = [
-        f for f in settings_of(cls) if not only_inheritable or rule_of(f).inheritable  # type: ignore[union-attr]
+        f
+        for f in settings_of(cls)
+        if not only_inheritable or rule_of(f).inheritable  # type: ignore[union-attr]
     ]
     required = [f.name for f in fields if rule_of(f).required and not only_inheritable]  # type: ignore[union-attr]
     schema: dict[str, Any] = {

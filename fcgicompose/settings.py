@@ -52,8 +52,5 @@ def matches(pattern: str, value: str) -> bool:
     return re.fullmatch(pattern, value) is not None
 
 
-class StrEnum(str, enum.Enum):
-    """An enum whose values are the strings written in the spec."""
-
-    def __str__(self) -> str:
-        return str(self.value)
+# Enums whose values are the strings written in the spec.
+StrEnum = enum.StrEnum

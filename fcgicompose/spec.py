@@ -174,9 +174,7 @@ class Route:
         pattern_hint='a URL prefix without trailing slash, such as "/rt" (or "/")',
         checks=(_location_prefix,),
     )
-    balance: Balance = setting(
-        "How requests are spread over the workers.", Balance.ROUND_ROBIN
-    )
+    balance: Balance = setting("How requests are spread over the workers.", Balance.ROUND_ROBIN)
     static: Mapping[str, str] = setting(
         "URL prefix -> directory served directly by nginx (alias).",
         NO_VALUE,
@@ -208,6 +206,11 @@ class Route:
     read_timeout: int = setting(
         "Seconds nginx waits for the app's response.", 60, minimum=1, maximum=86400
     )
+
+    @property
+    def site(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
+        """Routes with equal sites share one nginx server block."""
+        return (self.server_name, self.listen)
 
 
 @attrs.frozen
@@ -276,7 +279,10 @@ class App:
         pattern_hint="a relative name such as rt",
     )
     restart_sec: int = setting(
-        "Seconds before a crashed worker is restarted.", 1, minimum=0, maximum=3600,
+        "Seconds before a crashed worker is restarted.",
+        1,
+        minimum=0,
+        maximum=3600,
         inheritable=True,
     )
     start_limit_burst: int = setting(
@@ -287,7 +293,10 @@ class App:
         inheritable=True,
     )
     start_limit_interval_sec: int = setting(
-        "Window for start_limit_burst, in seconds.", 30, minimum=1, maximum=86400,
+        "Window for start_limit_burst, in seconds.",
+        30,
+        minimum=1,
+        maximum=86400,
         inheritable=True,
     )
     memory_max: str = setting(
@@ -298,18 +307,22 @@ class App:
         inheritable=True,
     )
     tasks_max: int = setting(
-        "TasksMax= per worker; 0 for systemd's default.", 0, minimum=0, maximum=1000000,
+        "TasksMax= per worker; 0 for systemd's default.",
+        0,
+        minimum=0,
+        maximum=1000000,
         inheritable=True,
     )
     limit_nofile: int = setting(
-        "LimitNOFILE= per worker; 0 for systemd's default.", 0, minimum=0, maximum=1048576,
+        "LimitNOFILE= per worker; 0 for systemd's default.",
+        0,
+        minimum=0,
+        maximum=1048576,
         inheritable=True,
     )
     no_new_privileges: bool = setting("NoNewPrivileges=.", True, inheritable=True)
     private_tmp: bool = setting("PrivateTmp=.", True, inheritable=True)
-    protect_system: ProtectSystem = setting(
-        "ProtectSystem=.", ProtectSystem.FULL, inheritable=True
-    )
+    protect_system: ProtectSystem = setting("ProtectSystem=.", ProtectSystem.FULL, inheritable=True)
     protect_home: ProtectHome = setting("ProtectHome=.", ProtectHome.YES, inheritable=True)
     route: Route | None = setting("How nginx routes to the app; none: not routed.", None)
 
@@ -359,7 +372,11 @@ class Spec:
 
     def problem(self, key: Key, message: str, hint: str = "") -> Problem:
         """A problem located at `key` in the spec file (for checks made after loading)."""
-        line, column = self.locator.find(tuple(p for p in key if isinstance(p, str))) if self.locator else (0, 0)
+        line, column = (
+            self.locator.find(tuple(p for p in key if isinstance(p, str)))
+            if self.locator
+            else (0, 0)
+        )
         return Problem(message, self.file, line, column, format_key(key), hint)
 
 
@@ -371,16 +388,32 @@ def account_problems(spec: Spec, users: set[str], groups: set[str]) -> list[Prob
     problems = []
     if spec.nginx.socket_group not in groups:
         key = ("nginx", "group" if spec.nginx.group else "user")
-        problems.append(spec.problem(key, f"group {spec.nginx.socket_group!r} does not exist on the target",
-                                     "create it, or set nginx.group to the group nginx runs as"))
+        problems.append(
+            spec.problem(
+                key,
+                f"group {spec.nginx.socket_group!r} does not exist on the target",
+                "create it, or set nginx.group to the group nginx runs as",
+            )
+        )
     for app in spec.apps.values():
         if app.user not in users:
-            problems.append(spec.problem(("apps", app.name, "user"), f"user {app.user!r} does not exist on the target",
-                                         "create the account before applying"))
+            problems.append(
+                spec.problem(
+                    ("apps", app.name, "user"),
+                    f"user {app.user!r} does not exist on the target",
+                    "create the account before applying",
+                )
+            )
         if app.group and app.group not in groups:
-            problems.append(spec.problem(("apps", app.name, "group"), f"group {app.group!r} does not exist on the target",
-                                         "create the group before applying"))
+            problems.append(
+                spec.problem(
+                    ("apps", app.name, "group"),
+                    f"group {app.group!r} does not exist on the target",
+                    "create the group before applying",
+                )
+            )
     return problems
+
 
 # Keys people bring from hand-written units, with why fcgicompose has no such setting.
 _NOT_SETTINGS = {
@@ -480,7 +513,9 @@ class _Builder:
         for key in defaults:
             if key in non_inheritable:
                 self.problem(
-                    ("defaults", key), "cannot be set in [defaults]", f"set it per app: apps.NAME.{key}"
+                    ("defaults", key),
+                    "cannot be set in [defaults]",
+                    f"set it per app: apps.NAME.{key}",
                 )
         self.unknown_keys(
             {k: v for k, v in defaults.items() if k not in non_inheritable},
@@ -552,11 +587,11 @@ class _Builder:
         for app in apps.values():
             for worker in range(1, app.workers + 1):
                 path = app.socket_path(worker)
-                other = socket_owner.setdefault(path, app.name)
-                if other != app.name:
+                owner = socket_owner.setdefault(path, app.name)
+                if owner != app.name:
                     self.problem(
                         ("apps", app.name, "socket"),
-                        f"socket {path} is also used by app {other!r}",
+                        f"socket {path} is also used by app {owner!r}",
                         "give each app its own socket directory",
                     )
                     break
@@ -566,7 +601,7 @@ class _Builder:
         for name, route in routed.items():
             for pair in ((s, p) for s in route.server_name for p in route.listen):
                 other_name, other = site_of_pair.setdefault(pair, (name, route))
-                if (other.server_name, other.listen) != (route.server_name, route.listen):
+                if other.site != route.site:
                     self.problem(
                         ("apps", name, "route", "server_name"),
                         f"server {pair[0]}:{pair[1]} is also declared by app {other_name!r} "
@@ -574,7 +609,7 @@ class _Builder:
                         "apps sharing a server must list the same server_name and listen",
                     )
                     break
-            mount = (route.server_name, route.listen, route.path)
+            mount = (*route.site, route.path)
             other_name = mounts.setdefault(mount, name)
             if other_name != name:
                 self.problem(
@@ -584,13 +619,13 @@ class _Builder:
                 )
         for name, route in routed.items():
             for location in route.static:
-                for other_name, other in routed.items():
-                    if (other.server_name, other.listen) != (route.server_name, route.listen):
+                for mounted_name, mounted in routed.items():
+                    if mounted.site != route.site:
                         continue
-                    if location.rstrip("/") == other.path.rstrip("/") or location == other.path:
+                    if location.rstrip("/") == mounted.path.rstrip("/"):
                         self.problem(
                             ("apps", name, "route", "static", location),
-                            f"static location {location} is the mount point of app {other_name!r}",
+                            f"static location {location} is the mount point of app {mounted_name!r}",
                             "serve static files from a sub-path",
                         )
                 alias = route.static[location]
@@ -607,10 +642,14 @@ class _Builder:
         value = raw.get(name, {})
         if isinstance(value, dict):
             return value
-        self.problem((*parent, name), f"must be a table, not {_toml_type(value)}", f"write [{name}]")
+        self.problem(
+            (*parent, name), f"must be a table, not {_toml_type(value)}", f"write [{name}]"
+        )
         return {}
 
-    def unknown_keys(self, raw: Mapping[str, Any], known: typing.Iterable[str], parent: Key) -> bool:
+    def unknown_keys(
+        self, raw: Mapping[str, Any], known: typing.Iterable[str], parent: Key
+    ) -> bool:
         known = list(known)
         clean = True
         for key in raw:
@@ -674,7 +713,9 @@ class _Builder:
             return self.checked(value, key, rule, "whole")
         if origin in (Mapping, dict) or tp is Mapping:
             if not isinstance(raw, dict):
-                self.problem(key, f"must be a table, not {_toml_type(raw)}", "write { NAME = \"value\" }")
+                self.problem(
+                    key, f"must be a table, not {_toml_type(raw)}", 'write { NAME = "value" }'
+                )
                 return INVALID
             result: dict[str, str] = {}
             for name, item in sorted(raw.items()):

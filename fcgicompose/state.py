@@ -111,8 +111,13 @@ class Record:
             return cls(int(data["generation"]), str(data.get("spec", "")), entries)
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise StateError(
-                [Problem(f"unreadable fcgicompose record: {error}", file=where,
-                         hint="restore it from backup, or move it away to start over")]
+                [
+                    Problem(
+                        f"unreadable fcgicompose record: {error}",
+                        file=where,
+                        hint="restore it from backup, or move it away to start over",
+                    )
+                ]
             ) from None
 
 
@@ -124,8 +129,13 @@ def host_path(root: Path, path: str) -> Path:
     real_parent = os.path.realpath(parent)
     if real_parent != real_root and not real_parent.startswith(real_root.rstrip("/") + "/"):
         raise StateError(
-            [Problem(f"{parent} leads outside {root} through a symlink", file=str(joined),
-                     hint="fcgicompose never writes through symlinks out of the root")]
+            [
+                Problem(
+                    f"{parent} leads outside {root} through a symlink",
+                    file=str(joined),
+                    hint="fcgicompose never writes through symlinks out of the root",
+                )
+            ]
         )
     return joined
 
@@ -148,9 +158,7 @@ def read_fact(root: Path, path: str) -> FileFact:
         content: str | None = data.decode("utf-8")
     except UnicodeDecodeError:
         content = None
-    return FileFact(
-        path, exists=True, content=content, sha256=hashlib.sha256(data).hexdigest()
-    )
+    return FileFact(path, exists=True, content=content, sha256=hashlib.sha256(data).hexdigest())
 
 
 def read_facts(root: Path, paths: Iterable[str]) -> dict[str, FileFact]:

@@ -92,7 +92,9 @@ def test_failure_after_units_started_rolls_units_back(tmp_path: Path) -> None:
     with pytest.raises(ApplyError, match="previous files and units were restored"):
         apply_plan(live_plan(tmp_path, workers=3), tmp_path, runner=runner)
     assert snapshot(tmp_path) == before
-    after_failure = runner.commands[runner.commands.index(("systemctl", "try-reload-or-restart", "nginx.service")) + 1 :]
+    after_failure = runner.commands[
+        runner.commands.index(("systemctl", "try-reload-or-restart", "nginx.service")) + 1 :
+    ]
     assert after_failure == [
         ("systemctl", "daemon-reload"),
         ("systemctl", "stop", "fcgi-a@3.service", "fcgi-a@3.socket"),
@@ -103,8 +105,13 @@ def test_failure_after_units_started_rolls_units_back(tmp_path: Path) -> None:
 def test_no_rollback_keeps_the_new_files(tmp_path: Path) -> None:
     apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
     with pytest.raises(ApplyError, match="--no-rollback"):
-        apply_plan(live_plan(tmp_path, mode="two"), tmp_path, runner=Recorder(("systemctl", "try-restart")), rollback=False)
-    assert 'MODE=two' in (tmp_path / "etc/systemd/system/fcgi-a@.service").read_text()
+        apply_plan(
+            live_plan(tmp_path, mode="two"),
+            tmp_path,
+            runner=Recorder(("systemctl", "try-restart")),
+            rollback=False,
+        )
+    assert "MODE=two" in (tmp_path / "etc/systemd/system/fcgi-a@.service").read_text()
 
 
 def test_service_change_restarts_only_services(tmp_path: Path) -> None:

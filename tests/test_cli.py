@@ -23,7 +23,12 @@ def cli(*args: str, input: str | None = None) -> subprocess.CompletedProcess[str
     env = {**os.environ, "NO_COLOR": "1"}
     return subprocess.run(
         [sys.executable, "-m", "fcgicompose", *args],
-        capture_output=True, text=True, env=env, cwd=PROJECT, input=input or "", check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT,
+        input=input or "",
+        check=False,
     )
 
 
@@ -67,7 +72,11 @@ def test_scaling_4_to_2_plans_exactly_the_removal_of_workers_3_and_4(tmp_path: P
         ("update", "/etc/nginx/conf.d/fcgicompose-upstream-rt.conf"),
     }
     upstream_diff = next(f["diff"] for f in plan["files"] if f["path"].endswith("upstream-rt.conf"))
-    removed = [line for line in upstream_diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+    removed = [
+        line
+        for line in upstream_diff.splitlines()
+        if line.startswith("-") and not line.startswith("---")
+    ]
     assert removed == [
         '-    server "unix:/run/rt/rt3.sock" max_fails=3 fail_timeout=10s;',
         '-    server "unix:/run/rt/rt4.sock" max_fails=3 fail_timeout=10s;',
@@ -88,7 +97,9 @@ def test_apply_without_a_terminal_needs_auto_approve(tmp_path: Path) -> None:
 
 def test_invalid_spec_gives_one_line_per_problem_and_no_traceback(tmp_path: Path) -> None:
     spec = tmp_path / "bad.toml"
-    spec.write_text('version = 1\n[apps.rt]\ncommand = ["/x"]\nuser = "rt"\nworkers = 0\nsocket_mode = "0666"\n')
+    spec.write_text(
+        'version = 1\n[apps.rt]\ncommand = ["/x"]\nuser = "rt"\nworkers = 0\nsocket_mode = "0666"\n'
+    )
     result = cli("apply", str(spec), "--root", str(tmp_path / "root"), "--auto-approve")
     assert result.returncode == 1
     assert result.stdout == ""
@@ -106,7 +117,10 @@ def test_a_file_the_tool_did_not_write_is_never_overwritten(tmp_path: Path) -> N
     mine.write_text("# hand-made\n")
     plan = cli("plan", str(MULTI), "--root", str(tmp_path))
     assert plan.returncode == 1
-    assert "✗ /etc/nginx/conf.d/fcgicompose-upstream-rt.conf: exists and was not written" in plan.stdout
+    assert (
+        "✗ /etc/nginx/conf.d/fcgicompose-upstream-rt.conf: exists and was not written"
+        in plan.stdout
+    )
     for flags in ((), ("--force",)):
         result = cli("apply", str(MULTI), "--root", str(tmp_path), "--auto-approve", *flags)
         assert result.returncode == 1
@@ -173,7 +187,9 @@ def test_colour_follows_no_color_and_flags(tmp_path: Path) -> None:
     assert "\x1b[" not in plain.output and plain.exit_code == 0
 
 
-def test_internal_errors_are_short_and_point_to_details(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_internal_errors_are_short_and_point_to_details(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import fcgicompose.workflow
 
     def broken(*args: object) -> None:

@@ -1,8 +1,8 @@
 """Data-driven plan cases: a spec applied, maybe hand edits, a new spec planned.
 
-Each case file in plan_cases/ holds `before` (applied first into an empty root; empty for a fresh
-host), `after` (planned), optional `hand_edits` and `delete_record`, and `expected`: one line per file change
-("SYMBOL PATH"), per runtime action ("action KIND UNITS..."), per note, drift or blocker.
+Each case file in plan_cases/ holds `before` (applied first into an empty root; empty for a
+fresh host), `after` (planned), optional `hand_edits` and `delete_record`, and `expected`: one
+line per file change ("SYMBOL PATH"), per runtime action ("action KIND UNITS..."), per note, drift or blocker.
 """
 
 from __future__ import annotations

@@ -41,7 +41,9 @@ def test_rendered_files_match_golden(spec_file: Path) -> None:
             (directory / name).parent.mkdir(parents=True, exist_ok=True)
             (directory / name).write_text(text)
     on_disk = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()}
-    assert on_disk == set(files), "golden files missing or extra (FCGICOMPOSE_UPDATE_GOLDEN=1 to refresh)"
+    assert on_disk == set(files), (
+        "golden files missing or extra (FCGICOMPOSE_UPDATE_GOLDEN=1 to refresh)"
+    )
     for name, text in files.items():
         assert text == (directory / name).read_text(), f"{name} differs from golden"
 

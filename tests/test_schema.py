@@ -33,7 +33,9 @@ def test_schema_is_valid_draft7() -> None:
 def test_valid_specs_pass_the_schema_and_point_to_it(spec: Path) -> None:
     jsonschema.validate(tomllib.loads(spec.read_text()), json.loads(SCHEMA_FILE.read_text()))
     first_line = spec.read_text().splitlines()[0]
-    assert first_line.startswith("#:schema ") and first_line.endswith("schemas/fcgicompose.schema.json")
+    assert first_line.startswith("#:schema ") and first_line.endswith(
+        "schemas/fcgicompose.schema.json"
+    )
     assert (spec.parent / first_line.split()[1]).resolve() == SCHEMA_FILE
 
 

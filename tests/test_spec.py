@@ -51,11 +51,17 @@ user = "y"
         {"A": "1", "B": "3"},
         Activation.LISTEN_FDS,
     )
-    assert (y.user, dict(y.environment), y.activation) == ("y", {"A": "1", "B": "2"}, Activation.FD0)
+    assert (y.user, dict(y.environment), y.activation) == (
+        "y",
+        {"A": "1", "B": "2"},
+        Activation.FD0,
+    )
 
 
 def test_default_socket_is_under_run_per_app() -> None:
-    spec = parse_spec('version = 1\n[apps.w]\ncommand = ["/w"]\nuser = "u"\nworkers = 2\n', "t.toml")
+    spec = parse_spec(
+        'version = 1\n[apps.w]\ncommand = ["/w"]\nuser = "u"\nworkers = 2\n', "t.toml"
+    )
     assert [spec.apps["w"].socket_path(n) for n in (1, 2)] == [
         "/run/fcgicompose/w/1.sock",
         "/run/fcgicompose/w/2.sock",
@@ -71,7 +77,9 @@ def test_default_socket_is_under_run_per_app() -> None:
         ([], "must name the program"),
     ],
 )
-def test_commands_that_break_socket_activation_are_rejected(command: list[str], message: str) -> None:
+def test_commands_that_break_socket_activation_are_rejected(
+    command: list[str], message: str
+) -> None:
     words = ", ".join(f'"{w}"' for w in command)
     with pytest.raises(SpecError, match=message):
         parse_spec(f'version = 1\n[apps.a]\ncommand = [{words}]\nuser = "u"\n', "t.toml")
@@ -79,7 +87,7 @@ def test_commands_that_break_socket_activation_are_rejected(command: list[str], 
 
 @pytest.mark.parametrize("version", ["", "version = 2\n"])
 def test_version_is_required_and_checked(version: str) -> None:
-    with pytest.raises(SpecError, match="t.toml:.*version"):
+    with pytest.raises(SpecError, match=r"t\.toml:.*version"):
         parse_spec(version + '[apps.a]\ncommand = ["/a"]\nuser = "u"\n', "t.toml")
 
 

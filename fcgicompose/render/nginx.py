@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from fcgicompose import names
 from fcgicompose.render import header
-from fcgicompose.spec import App, Balance, Route
+from fcgicompose.spec import App, Balance
 
 _BALANCE_DIRECTIVE = {
     Balance.ROUND_ROBIN: "",  # nginx's default; nothing to write
@@ -82,14 +82,24 @@ def _app_locations(app: App) -> list[str]:
     assert route is not None
     lines: list[str] = []
     for location, directory in sorted(route.static.items()):
-        lines += ["", f"    location ^~ {quote(location)} {{", f"        alias {quote(directory)};", "    }"]
+        lines += [
+            "",
+            f"    location ^~ {quote(location)} {{",
+            f"        alias {quote(directory)};",
+            "    }",
+        ]
     if route.path == "/":
         prefix = "/"
         script_name, path_info = '""', "$uri"
     else:
         prefix = route.path + "/"
         # Redirect the bare mount point so relative links inside the app resolve.
-        lines += ["", f"    location = {quote(route.path)} {{", f"        return 301 {quote(prefix)};", "    }"]
+        lines += [
+            "",
+            f"    location = {quote(route.path)} {{",
+            f"        return 301 {quote(prefix)};",
+            "    }",
+        ]
         script_name, path_info = "$fastcgi_script_name", "$fastcgi_path_info"
     params = dict(_BASE_PARAMS)
     params["SCRIPT_NAME"] = script_name

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
 from system.container import PROJECT_MOUNT, Container
 
 SPEC_PATH = "/etc/fcgicompose/site.toml"
@@ -61,7 +60,9 @@ def fcgicompose(ct: Container, *args: str, check: bool = True) -> str:
         timeout=180,
     )
     if check and result.returncode != 0:
-        pytest.fail(f"fcgicompose {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        command = " ".join(args)
+        output = f"{result.stdout}\n{result.stderr}"
+        pytest.fail(f"fcgicompose {command} exited {result.returncode}:\n{output}")
     return result.stdout + result.stderr
 
 
@@ -73,7 +74,9 @@ def apply(ct: Container, workers: int = 3) -> str:
 def plan_exit_code(ct: Container) -> int:
     result = ct.run(
         ["python3", "-m", "fcgicompose", "plan", SPEC_PATH, "--detailed-exitcode"],
-        env={"PYTHONPATH": PROJECT_MOUNT, "NO_COLOR": "1"}, check=False, timeout=120,
+        env={"PYTHONPATH": PROJECT_MOUNT, "NO_COLOR": "1"},
+        check=False,
+        timeout=120,
     )
     return result.returncode
 
@@ -160,7 +163,9 @@ def test_plan_after_apply_shows_no_changes(applied: Container) -> None:
 
 def test_scale_down_and_up_on_real_systemd(applied: Container) -> None:
     apply(applied, workers=2)
-    state = applied.run(["systemctl", "is-active", "fcgi-echo@3.socket"], check=False).stdout.strip()
+    state = applied.run(
+        ["systemctl", "is-active", "fcgi-echo@3.socket"], check=False
+    ).stdout.strip()
     assert state == "inactive"
     assert not applied.exists("/run/fcgicompose/echo/3.sock")
     assert not applied.exists("/etc/systemd/system/sockets.target.wants/fcgi-echo@3.socket")
