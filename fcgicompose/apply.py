@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import os
 import subprocess
 import time
@@ -20,7 +21,15 @@ import attrs
 from fcgicompose import names
 from fcgicompose.errors import ApplyError, LockError, Problem, StateError
 from fcgicompose.plan import Action, ActionKind, Change, FileChange, Plan
-from fcgicompose.state import Record, RecordEntry, host_path, read_fact, record_path, sha256_text
+from fcgicompose.state import (
+    Record,
+    RecordEntry,
+    host_path,
+    read_fact,
+    read_record,
+    record_path,
+    sha256_text,
+)
 
 Progress = Callable[[str], None]
 LOCK_NAME = "lock"
@@ -67,10 +76,17 @@ class Outcome:
 # ----------------------------------------------------------------------------- the lock
 
 
+_HELD: set[str] = set()  # roots this process holds the lock of (the lock is re-entrant)
+
+
 @contextlib.contextmanager
 def locked(root: Path, timeout: float = 30.0) -> Iterator[None]:
     """Hold the root's apply lock; wait at most `timeout` seconds for another holder."""
     state_dir = host_path(root, names.STATE_DIR)
+    key = os.path.realpath(state_dir)
+    if key in _HELD:
+        yield
+        return
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
@@ -93,9 +109,73 @@ def locked(root: Path, timeout: float = 30.0) -> Iterator[None]:
                         ]
                     ) from None
                 time.sleep(0.1)
-        yield
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
     finally:
         os.close(fd)
+
+
+# ----------------------------------------------------------------------------- the journal
+# Written (and fsynced) before the first file is switched and removed once apply has finished
+# or rolled back: while it exists, the host may be between the old and the new set of files.
+# The next apply (or `fcgicompose recover`) puts the old set back from it, so an apply killed
+# at any point leaves the files wholly old or wholly new.
+
+JOURNAL_NAME = "journal.json"
+
+
+def journal_path(root: Path) -> Path:
+    return host_path(root, f"{names.STATE_DIR}/{JOURNAL_NAME}")
+
+
+def _write_journal(root: Path, undo: Sequence[_Undo], old_record_text: str | None) -> None:
+    entries = [
+        {
+            "path": step.target,
+            "existed": step.existed,
+            "content": step.content,
+            "link_target": step.link_target,
+        }
+        for step in undo
+    ]
+    data = {"format": 1, "old_record": old_record_text, "paths": entries}
+    _write_atomically(journal_path(root), json.dumps(data, indent=1), mode=0o600)
+
+
+def recover(root: Path, progress: Progress = lambda line: None) -> bool:
+    """Undo an interrupted apply from its journal; True if there was one. Hold the lock."""
+    path = journal_path(root)
+    with contextlib.suppress(FileNotFoundError):
+        _temp_path(path).unlink()  # a journal never finished: nothing was switched yet
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except ValueError:
+        # Torn while being written: nothing was switched yet (the journal comes first).
+        path.unlink()
+        return True
+    progress("recovering: an earlier apply was interrupted; restoring the files it replaced")
+    steps = [
+        _Undo(host_path(root, e["path"]), e["path"], e["content"], e["link_target"], e["existed"])
+        for e in data["paths"]
+    ]
+    restore_files(steps)
+    for step in steps:  # a temp file the interrupted write may have left beside its target
+        with contextlib.suppress(FileNotFoundError):
+            _temp_path(step.path).unlink()
+    record = record_path(root)
+    if data["old_record"] is None:
+        with contextlib.suppress(FileNotFoundError):
+            record.unlink()
+    else:
+        _write_atomically(record, data["old_record"], mode=0o600)
+    path.unlink()
+    _fsync_dir(path.parent)
+    return True
 
 
 # ----------------------------------------------------------------------------- files
@@ -106,7 +186,7 @@ def _write_atomically(
 ) -> None:
     """Write via a temp file in the same directory (mode set, fsynced), then rename."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
-    temp = path.with_name(f".{path.name}.fcgicompose-tmp")
+    temp = _temp_path(path)
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()
     if link_target:
@@ -124,6 +204,10 @@ def _write_atomically(
     _fsync_dir(path.parent)
 
 
+def _temp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.fcgicompose-tmp")
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -137,6 +221,7 @@ class _Undo:
     """How to put one path back: its old content or link, or remove it."""
 
     path: Path
+    target: str  # the path on the target host, for the journal
     content: str | None
     link_target: str
     existed: bool
@@ -171,14 +256,21 @@ def check_not_moved(root: Path, plan: Plan) -> None:
         raise StateError(moved)
 
 
-def switch_files(root: Path, changes: Sequence[FileChange], progress: Progress) -> list[_Undo]:
-    """Put every changed file in place; on any error undo those already switched."""
-    undo: list[_Undo] = []
+def switch_files(
+    root: Path, changes: Sequence[FileChange], progress: Progress, old_record_text: str | None
+) -> list[_Undo]:
+    """Journal the old state, then put every changed file in place; on error undo them."""
+    undo = []
+    for change in changes:
+        before = read_fact(root, change.path)
+        undo.append(
+            _Undo(host_path(root, change.path), change.path, before.content,
+                  before.link_target, before.exists)
+        )  # fmt: skip
+    _write_journal(root, undo, old_record_text)
     try:
         for change in changes:
             target = host_path(root, change.path)
-            before = read_fact(root, change.path)
-            undo.append(_Undo(target, before.content, before.link_target, before.exists))
             if change.change is Change.DELETE:
                 target.unlink()
                 _fsync_dir(target.parent)
@@ -187,6 +279,7 @@ def switch_files(root: Path, changes: Sequence[FileChange], progress: Progress) 
             progress(f"{change.change.symbol} {change.path}")
     except OSError as error:
         restore_files(undo)
+        journal_path(root).unlink()
         raise ApplyError(
             [
                 Problem(
@@ -350,9 +443,9 @@ def apply_plan(
     if plan.drift and not force:
         raise StateError(plan.drift)
     with locked(root, lock_timeout):
-        from fcgicompose.state import read_record  # under the lock: the record may have moved
-
+        recover(root, progress)
         old_record, _ = read_record(root)
+        old_record_text = record_path(root).read_text() if old_record.generation else None
         if old_record.generation != plan.generation:
             raise StateError(
                 [
@@ -366,7 +459,7 @@ def apply_plan(
             )
         check_not_moved(root, plan)
         changes = [c for c in plan.changes if c.change.touches_disk]
-        undo = switch_files(root, changes, progress)
+        switch_files(root, changes, progress, old_record_text)
         runtime = _Runtime(runner, progress)
         try:
             record = new_record(plan, old_record)
@@ -375,6 +468,7 @@ def apply_plan(
                 for action in plan.actions:
                     progress(f"→ {action.describe()}")
                     runtime.action(action)
+            journal_path(root).unlink()  # the commit point: the new set stands
         except _StepFailed as failed:
             message = (
                 f"`{' '.join(failed.result.argv)}` failed: {failed.result.output or 'no output'}"
@@ -383,30 +477,22 @@ def apply_plan(
                 raise ApplyError(
                     [Problem(message, hint="--no-rollback: the new files stay in place")]
                 ) from None
-            _roll_back(root, plan, undo, old_record, runtime, progress)
+            _roll_back(root, plan, runtime, progress)
             raise ApplyError(
                 [Problem(message, hint="the previous files and units were restored")]
             ) from None
         except BaseException:
             # Anything unexpected (a bug, Ctrl-C) after the switch: never leave a half-done host.
-            _roll_back(root, plan, undo, old_record, runtime, progress)
+            _roll_back(root, plan, runtime, progress)
             raise
         written = sum(1 for c in changes if c.change is not Change.DELETE)
         return Outcome(written, len(changes) - written, tuple(runtime.results), record.generation)
 
 
-def _roll_back(
-    root: Path,
-    plan: Plan,
-    undo: list[_Undo],
-    old_record: Record,
-    runtime: _Runtime,
-    progress: Progress,
-) -> None:
+def _roll_back(root: Path, plan: Plan, runtime: _Runtime, progress: Progress) -> None:
     """Put the old files back and bring the units and nginx back to how they were."""
     progress("rolling back: restoring the previous files")
-    restore_files(undo)
-    write_record(root, old_record)
+    recover(root)  # the journal holds exactly the old files and record
     attempted = {action.kind: action for action in runtime.attempted}
     if set(attempted) <= {ActionKind.NGINX_TEST}:
         return  # nothing ran on the host yet

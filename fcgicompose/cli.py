@@ -162,7 +162,19 @@ def graph(spec: str) -> None:
 
 
 def _plan(state: _State, spec: str, root: Path, for_apply: bool) -> Any:
-    from fcgicompose.errors import FcgiComposeError
+    from fcgicompose.apply import journal_path
+    from fcgicompose.errors import FcgiComposeError, Problem
+
+    if not for_apply and journal_path(root).exists():
+        raise FcgiComposeError(
+            [
+                Problem(
+                    "an interrupted apply left this root between two sets of files",
+                    file=str(journal_path(root)),
+                    hint="run `fcgicompose recover` (apply also does it first)",
+                )
+            ]
+        )
     from fcgicompose.spec import account_problems
     from fcgicompose.state import read_accounts
     from fcgicompose.workflow import plan_for
@@ -176,6 +188,31 @@ def _plan(state: _State, spec: str, root: Path, for_apply: bool) -> Any:
         for problem in problems:
             state.echo(state.style(f"warning: {problem}", "yellow"), err=True)
     return plan_for(loaded, root)
+
+
+@main.command()
+@_root_option
+@click.pass_obj
+@_guard
+def recover(state: _State, root: Path) -> None:
+    """Undo an apply that was interrupted (killed, power loss) from its journal.
+
+    Puts back the files and record the interrupted apply replaced, so ROOT is wholly on the
+    previous generation again. apply does this by itself before planning; plan refuses until then.
+    """
+    from fcgicompose.apply import locked
+    from fcgicompose.apply import recover as recover_root
+    from fcgicompose.workflow import is_live
+
+    with locked(root):
+        if not recover_root(root, lambda line: state.echo(line)):
+            state.echo("Nothing to recover.")
+            return
+        if is_live(root):
+            from fcgicompose.apply import run_command
+
+            run_command(["systemctl", "daemon-reload"])
+    state.echo(state.style("Recovered: the previous generation's files are back.", "green"))
 
 
 @main.command()

@@ -21,6 +21,7 @@ from fcgicompose.settings import StrEnum, matches, rule_of, setting
 
 SPEC_VERSION = 1
 WORKER_PLACEHOLDER = "{worker}"
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 NO_VALUE: Mapping[str, str] = types.MappingProxyType({})
 
 # Where nginx or a hardened service may not see a socket (PrivateTmp=, ProtectHome=).
@@ -564,7 +565,15 @@ class _Builder:
             return None
         if not app.socket:
             app = attrs.evolve(app, socket=f"/run/fcgicompose/{name}/{WORKER_PLACEHOLDER}.sock")
-        elif app.workers > 1 and WORKER_PLACEHOLDER not in app.socket:
+        longest = app.socket_path(app.workers).encode()
+        if len(longest) > MAX_SOCKET_PATH:
+            self.problem(
+                (*key, "socket"),
+                f"socket path {longest.decode()!r} is {len(longest)} bytes; "
+                f"unix sockets allow {MAX_SOCKET_PATH}",
+                "use a shorter directory under /run",
+            )
+        if app.workers > 1 and WORKER_PLACEHOLDER not in app.socket:
             self.problem(
                 (*key, "socket"),
                 f"all {app.workers} workers would share one socket path",

@@ -6,13 +6,16 @@ sequence, batching and rollback can be checked without touching this host.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
 import pytest
 
-from fcgicompose.apply import CommandResult, apply_plan, locked
+from fcgicompose.apply import CommandResult, apply_plan
 from fcgicompose.errors import ApplyError, LockError
 from fcgicompose.plan import Plan
 from fcgicompose.spec import parse_spec
@@ -133,6 +136,27 @@ def test_a_plan_made_before_another_apply_is_refused(tmp_path: Path) -> None:
 
 
 def test_second_apply_waits_for_the_lock_then_fails_clearly(tmp_path: Path) -> None:
-    with locked(tmp_path), pytest.raises(LockError, match="holds the lock"):
-        apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(), lock_timeout=0.3)
-    assert snapshot(tmp_path) == {}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        started = time.monotonic()
+        with pytest.raises(LockError, match="holds the lock"):
+            apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(), lock_timeout=0.5)
+        assert time.monotonic() - started >= 0.5
+        assert snapshot(tmp_path) == {}
+    finally:
+        holder.kill()
+        holder.wait()
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(), lock_timeout=5)  # free again
+
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from fcgicompose.apply import locked
+with locked(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(60)
+"""

@@ -23,6 +23,12 @@ def exec_word(word: str) -> str:
     return _c_quote(escape_specifiers(word).replace("$", "$$"))
 
 
+def program_word(path: str) -> str:
+    """The program path of ExecStart=: quoted, % made literal; systemd never expands $ in it."""
+    _reject_line_breaks(path)
+    return _c_quote(escape_specifiers(path))
+
+
 def environment_assignment(name: str, value: str) -> str:
     """One Environment= assignment, quoted as a whole ($ is not expanded there)."""
     _reject_line_breaks(value)
@@ -68,7 +74,8 @@ def render_service(app: App, source: str) -> str:
     socket = f"{names.unit_prefix(app)}@%i.socket"
     service: list[str] = [
         "Type=simple",
-        "ExecStart=" + " ".join(exec_word(word) for word in app.command),
+        "ExecStart="
+        + " ".join([program_word(app.command[0])] + [exec_word(w) for w in app.command[1:]]),
     ]
     if app.activation is Activation.FD0:
         service.append("StandardInput=socket")
