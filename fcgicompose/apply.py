@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -173,6 +174,12 @@ def recover(root: Path, progress: Progress = lambda line: None) -> bool:
             record.unlink()
     else:
         _write_atomically(record, data["old_record"], mode=0o600)
+    # The interrupted generation may have kept its spec already: it never stood, drop it.
+    restored, _ = read_record(root)
+    generations = host_path(root, f"{names.STATE_DIR}/generations")
+    for kept in generations.glob("*") if generations.is_dir() else ():
+        if not kept.name.isdigit() or int(kept.name) > restored.generation:
+            shutil.rmtree(kept)
     path.unlink()
     _fsync_dir(path.parent)
     return True
@@ -312,6 +319,11 @@ def new_record(plan: Plan, old: Record) -> Record:
             worker=change.worker,
         )
     return Record(generation=old.generation + 1, spec=plan.spec, entries=entries)
+
+
+def generation_spec(root: Path, generation: int, spec_name: str) -> Path:
+    """Where the spec of an applied generation is kept (for `fcgicompose rollback`)."""
+    return host_path(root, f"{names.STATE_DIR}/generations/{generation}/{spec_name}")
 
 
 def write_record(root: Path, record: Record) -> None:
@@ -468,6 +480,10 @@ def apply_plan(
                 for action in plan.actions:
                     progress(f"→ {action.describe()}")
                     runtime.action(action)
+            if plan.spec_text:  # kept for `rollback`, once the generation stands
+                _write_atomically(
+                    generation_spec(root, record.generation, plan.spec), plan.spec_text, mode=0o600
+                )
             journal_path(root).unlink()  # the commit point: the new set stands
         except _StepFailed as failed:
             message = (

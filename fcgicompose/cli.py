@@ -161,7 +161,7 @@ def graph(spec: str) -> None:
     click.echo(to_dot(build_graph(_load(spec))), nl=False)
 
 
-def _plan(state: _State, spec: str, root: Path, for_apply: bool) -> Any:
+def _plan(state: _State, spec: str, root: Path, for_apply: bool, loaded: Any = None) -> Any:
     from fcgicompose.apply import journal_path
     from fcgicompose.errors import FcgiComposeError, Problem
 
@@ -179,7 +179,7 @@ def _plan(state: _State, spec: str, root: Path, for_apply: bool) -> Any:
     from fcgicompose.state import read_accounts
     from fcgicompose.workflow import plan_for
 
-    loaded = _load(spec)
+    loaded = loaded or _load(spec)
     accounts = read_accounts(root)
     if accounts is not None:
         problems = account_problems(loaded, *accounts)
@@ -220,13 +220,21 @@ def recover(state: _State, root: Path) -> None:
 @_root_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also save the plan to FILE for `apply FILE` (holds the spec: keep it secret).",
+)
+@click.option(
     "--detailed-exitcode",
     is_flag=True,
     help="Exit 0 when nothing would change, 2 when something would, 1 on error.",
 )
 @click.pass_obj
 @_guard
-def plan(state: _State, spec: str, root: Path, as_json: bool, detailed_exitcode: bool) -> None:
+def plan(
+    state: _State, spec: str, root: Path, as_json: bool, out: Path | None, detailed_exitcode: bool
+) -> None:
     """Show what `apply SPEC` would change under ROOT, and why.
 
     Lists each file to create (+), update (~, with a diff) or delete (-), hand edits (drift),
@@ -235,6 +243,12 @@ def plan(state: _State, spec: str, root: Path, as_json: bool, detailed_exitcode:
     from fcgicompose import report
 
     the_plan = _plan(state, spec, root, for_apply=False)
+    if out is not None:
+        from fcgicompose import savedplan
+
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(savedplan.dumps(the_plan, root, Path(spec)))
     if as_json:
         state.echo(report.dumps(report.plan_json(the_plan)), nl=False)
     else:
@@ -275,15 +289,70 @@ def apply(
 ) -> None:
     """Make ROOT match SPEC: write the files as one set, then tell systemd and nginx.
 
+    SPEC is a spec file, or a plan saved by `plan --out FILE`: that exact plan is applied
+    without re-planning, and refused if anything it read has changed since.
+
     Shows the plan first and asks for confirmation on a terminal. On the live root / it then
     runs daemon-reload, starts new sockets, restarts only what changed, tests and reloads nginx,
     and stops removed workers; if a step fails, the previous files and units are restored.
     """
+    from fcgicompose import savedplan
+    from fcgicompose.apply import locked, recover
+
+    saved = savedplan.is_saved_plan(Path(spec))
+    loaded = None if saved else _load(spec)  # a bad spec must not touch the root at all
+    with locked(root, lock_timeout):  # held from planning to the end, as Terraform does
+        recover(root, lambda line: state.echo(line))
+        if saved:
+            the_plan, inputs = savedplan.loads(Path(spec).read_text(), spec)
+            savedplan.check_fresh(the_plan, inputs, root, spec)
+            auto_approve = True  # a saved plan is the approval (like terraform apply FILE)
+        else:
+            the_plan = _plan(state, spec, root, for_apply=True, loaded=loaded)
+        _carry_out(state, the_plan, root, auto_approve, force, no_rollback)
+
+
+@main.command()
+@_root_option
+@click.option("--auto-approve", is_flag=True, help="Roll back without asking.")
+@click.option("--lock-timeout", type=float, default=30.0, show_default=True)
+@click.pass_obj
+@_guard
+def rollback(state: _State, root: Path, auto_approve: bool, lock_timeout: float) -> None:
+    """Return ROOT to the previous generation's spec through the usual plan and apply.
+
+    Every successful apply keeps its spec under var/lib/fcgicompose/generations/; rollback
+    plans the one before the current generation and applies it as a new generation.
+    """
+    from fcgicompose.apply import generation_spec, locked, recover
+    from fcgicompose.errors import FcgiComposeError
+    from fcgicompose.spec import parse_spec
+    from fcgicompose.state import read_record
+    from fcgicompose.workflow import plan_for
+
+    with locked(root, lock_timeout):
+        recover(root, lambda line: state.echo(line))
+        record, _ = read_record(root)
+        previous = record.generation - 1
+        if previous < 1:
+            raise FcgiComposeError("no previous generation to roll back to")
+        folder = generation_spec(root, previous, "x").parent
+        specs = sorted(folder.glob("*")) if folder.is_dir() else []
+        if len(specs) != 1:
+            raise FcgiComposeError(f"generation {previous} was not kept ({folder})")
+        state.echo(f"Rolling back from generation {record.generation} to {previous}'s spec.")
+        the_plan = plan_for(parse_spec(specs[0].read_text(), str(specs[0])), root)
+        _carry_out(state, the_plan, root, auto_approve, force=False, no_rollback=False)
+
+
+def _carry_out(
+    state: _State, the_plan: Any, root: Path, auto_approve: bool, force: bool, no_rollback: bool
+) -> None:
+    """Show the plan, get approval, apply it (the caller holds the lock)."""
     from fcgicompose import report
     from fcgicompose.apply import apply_plan
     from fcgicompose.errors import FcgiComposeError
 
-    the_plan = _plan(state, spec, root, for_apply=True)
     state.echo(report.plan_text(the_plan, state.style), nl=False)
     if not the_plan.has_changes:
         return
@@ -294,18 +363,14 @@ def apply(
             raise FcgiComposeError(
                 "refusing to apply without confirmation: no terminal (pass --auto-approve)"
             )
-        if (
-            click.prompt("Apply these changes? Type 'yes' to go on", default="", show_default=False)
-            != "yes"
-        ):
-            click.echo("Nothing applied.")
+        answer = click.prompt(
+            "Apply these changes? Type 'yes' to go on", default="", show_default=False
+        )
+        if answer != "yes":
+            state.echo("Nothing applied.")
             sys.exit(EXIT_ERROR)
     outcome = apply_plan(
-        the_plan,
-        root,
-        force=force,
-        rollback=not no_rollback,
-        lock_timeout=lock_timeout,
+        the_plan, root, force=force, rollback=not no_rollback,
         progress=lambda line: state.echo(state.style(line, "dim")),
-    )
+    )  # fmt: skip
     state.echo(report.outcome_text(outcome, the_plan, state.style), nl=False)

@@ -120,6 +120,7 @@ class Plan:
     blockers: tuple[Problem, ...]  # foreign files: apply refuses, even with --force
     drift: tuple[Problem, ...]  # hand edits: apply refuses without --force
     generation: int  # the record generation this plan was made against
+    spec_text: str = ""  # the spec itself, kept as the new generation when applied
 
     @property
     def changes(self) -> tuple[FileChange, ...]:
@@ -142,6 +143,7 @@ def make_plan(
     desired: Sequence[Artifact],
     facts: Mapping[str, FileFact],
     record: Record,
+    spec_text: str = "",
 ) -> Plan:
     """Compare what the spec produces with what is there and what the tool wrote before."""
     files: list[FileChange] = []
@@ -175,6 +177,7 @@ def make_plan(
         blockers=tuple(blockers),
         drift=tuple(drift),
         generation=record.generation,
+        spec_text=spec_text,
     )
 
 

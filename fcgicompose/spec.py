@@ -370,6 +370,7 @@ class Spec:
     apps: Mapping[str, App]
     file: str = attrs.field(default="", eq=False)  # as named on the command line, for messages
     locator: Locator | None = attrs.field(default=None, eq=False, repr=False)
+    text: str = attrs.field(default="", eq=False, repr=False)  # kept for generations
 
     def problem(self, key: Key, message: str, hint: str = "") -> Problem:
         """A problem located at `key` in the spec file (for checks made after loading)."""
@@ -456,7 +457,7 @@ def parse_spec(text: str, file: str) -> Spec:
     if builder.problems:
         raise SpecError(builder.problems)
     assert spec is not None
-    return attrs.evolve(spec, file=file, locator=locator)
+    return attrs.evolve(spec, file=file, locator=locator, text=text)
 
 
 class _Invalid:
@@ -634,7 +635,7 @@ class _Builder:
                     if location.rstrip("/") == mounted.path.rstrip("/"):
                         self.problem(
                             ("apps", name, "route", "static", location),
-                            f"static location {location} is the mount point of app {mounted_name!r}",
+                            f"static location {location} is app {mounted_name!r}'s mount point",
                             "serve static files from a sub-path",
                         )
                 alias = route.static[location]

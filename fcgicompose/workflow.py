@@ -28,4 +28,5 @@ def plan_for(spec: Spec, root: Path) -> Plan:
         desired=desired,
         facts=facts,
         record=record,
+        spec_text=spec.text,
     )

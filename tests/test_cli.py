@@ -154,7 +154,7 @@ def test_removed_files_are_deleted_but_foreign_neighbours_stay(tmp_path: Path) -
     assert cli("apply", str(empty), "--root", str(tmp_path), "--auto-approve").returncode == 0
     left = tree(tmp_path)
     assert "etc/nginx/conf.d/default.conf" in left
-    assert [p for p in left if "fcgi" in p and "state.json" not in p] == []
+    assert [p for p in left if "fcgi" in p and not p.startswith("var/lib/fcgicompose/")] == []
 
 
 def test_json_plan_is_machine_readable(tmp_path: Path) -> None:

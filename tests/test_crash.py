@@ -31,9 +31,7 @@ command = ["/usr/bin/gone"]
 server_name = ["gone.example.org"]
 """
 # Updates (environment, upstream), deletions (worker 3, app gone) and creations (app new).
-NEW = OLD.replace("workers = 3", 'workers = 2\nenvironment = { X = "1" }').replace(
-    "gone", "new"
-)
+NEW = OLD.replace("workers = 3", 'workers = 2\nenvironment = { X = "1" }').replace("gone", "new")
 
 CRASHING_APPLY = """
 import os, sys
@@ -75,7 +73,9 @@ def tree(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def generations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], dict[str, str]]:
+def generations(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, str], dict[str, str]]:
     """A root at the old generation (to copy), and the trees of both generations."""
     work = tmp_path_factory.mktemp("gens")
     (work / "old.toml").write_text(OLD)
@@ -84,7 +84,12 @@ def generations(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[st
         foreign = root / "etc/nginx/conf.d/default.conf"
         foreign.parent.mkdir(parents=True)
         foreign.write_text("# not fcgicompose's\n")
-        assert fcgicompose("apply", str(work / "old.toml"), "--root", str(root), "--auto-approve").returncode == 0
+        assert (
+            fcgicompose(
+                "apply", str(work / "old.toml"), "--root", str(root), "--auto-approve"
+            ).returncode
+            == 0
+        )
     # Same spec file name both times, as in real use: copy the new spec over the old one.
     new_spec = work / "spec" / "old.toml"
     new_spec.parent.mkdir()
@@ -103,7 +108,9 @@ def test_every_crash_point_recovers_to_old_or_new(
     for crash_at in range(100):
         root = tmp_path / f"root-{crash_at}"
         shutil.copytree(old_root, root, symlinks=True)
-        crashed = fcgicompose("apply", str(spec), "--root", str(root), "--auto-approve", crash_at=crash_at)
+        crashed = fcgicompose(
+            "apply", str(spec), "--root", str(root), "--auto-approve", crash_at=crash_at
+        )
         if crashed.returncode == 0:
             assert tree(root) == new_tree
             break
@@ -115,7 +122,9 @@ def test_every_crash_point_recovers_to_old_or_new(
         assert after in (old_tree, new_tree), f"crash before step {crash_at} left a mixed tree"
         outcomes.append("old" if after == old_tree else "new")
         # And apply goes on from there to the new generation.
-        assert fcgicompose("apply", str(spec), "--root", str(root), "--auto-approve").returncode == 0
+        assert (
+            fcgicompose("apply", str(spec), "--root", str(root), "--auto-approve").returncode == 0
+        )
         assert tree(root) == new_tree
     else:
         pytest.fail("apply never completed within 100 steps")

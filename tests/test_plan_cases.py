@@ -2,7 +2,8 @@
 
 Each case file in plan_cases/ holds `before` (applied first into an empty root; empty for a
 fresh host), `after` (planned), optional `hand_edits` and `delete_record`, and `expected`: one
-line per file change ("SYMBOL PATH"), per runtime action ("action KIND UNITS..."), per note, drift or blocker.
+line per file change ("SYMBOL PATH"), per runtime action ("action KIND UNITS..."), per note,
+drift or blocker.
 """
 
 from __future__ import annotations
