@@ -1,0 +1,144 @@
+"""Changing a live host: 0 failed requests under a steady request loop, and only the units
+that had to restart did (read from systemd's InvocationID, not from the tool's output)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+from system.container import PROJECT_MOUNT, Container
+
+SPEC_PATH = "/etc/fcgicompose/live.toml"
+APP = f"""
+[apps.APP]
+command = ["/usr/bin/python3", "{PROJECT_MOUNT}/tests/support/fcgi_responder.py", "--fd0"]
+workers = WORKERS
+socket_mode = "MODE"
+environment = {{ FCGI_TEST_VERSION = "VERSION" }}
+[apps.APP.route]
+server_name = ["localhost"]
+path = "/APP"
+"""
+
+
+def spec(apps: dict[str, tuple[int, str, str]]) -> str:
+    text = 'version = 1\n[defaults]\nuser = "www-data"\n'
+    for name, (workers, mode, version) in apps.items():
+        text += (
+            APP.replace("APP", name)
+            .replace("WORKERS", str(workers))
+            .replace("MODE", mode)
+            .replace("VERSION", version)
+        )
+    return text
+
+
+def apply(ct: Container, text: str) -> None:
+    ct.write_file(SPEC_PATH, text)
+    result = ct.run(
+        ["python3", "-m", "fcgicompose", "apply", SPEC_PATH, "--auto-approve"],
+        env={"PYTHONPATH": PROJECT_MOUNT, "NO_COLOR": "1"},
+        check=False,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def invocations(ct: Container) -> dict[str, str]:
+    """Every loaded fcgi-* unit that is active, with its InvocationID (new at each start)."""
+    listed = ct.run(
+        ["systemctl", "list-units", "--plain", "--no-legend", "--state=active", "fcgi-*"]
+    )
+    units = sorted(line.split()[0] for line in listed.stdout.splitlines() if line.strip())
+    return {u: ct.run(["systemctl", "show", "-P", "InvocationID", u]).stdout.strip() for u in units}
+
+
+class RequestLoop:
+    """curl in a bounded loop inside the container, one status code per line."""
+
+    def __init__(self, ct: Container, urls: list[str]) -> None:
+        self.ct = ct
+        script = (
+            "rm -f /tmp/loop.stop; i=0; while [ ! -e /tmp/loop.stop ] && [ $i -lt 3000 ]; do "
+            + "".join(
+                f"curl -s -o /dev/null -m 5 -w '%{{http_code}}\\n' {u} >>/tmp/loop.log; "
+                for u in urls
+            )
+            + "i=$((i+1)); done"
+        )
+        ct.run(["rm", "-f", "/tmp/loop.log"])
+        self.process = subprocess.Popen(
+            ["nsenter", "-t", str(ct.pid), "-a", "--", "sh", "-c", script],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def stop(self) -> list[str]:
+        self.ct.run(["touch", "/tmp/loop.stop"])
+        self.process.wait(timeout=60)
+        return self.ct.read_file("/tmp/loop.log").split()
+
+
+@pytest.fixture(scope="module")
+def live(container: Container) -> Iterator[Container]:
+    apply(container, spec({"alpha": (3, "0660", "1")}))
+    yield container
+    apply(container, "version = 1\n")
+
+
+def change(ct: Container, apps: dict[str, tuple[int, str, str]]) -> tuple[set[str], set[str]]:
+    """Apply under load; return (units restarted, units gone), asserting 0 failed requests."""
+    urls = [f"http://localhost/{name}/" for name in ("alpha", "beta")]
+    before = invocations(ct)
+    loop = RequestLoop(ct, urls)
+    time.sleep(1.0)  # the loop is running before the change starts
+    apply(ct, spec(apps))
+    time.sleep(1.0)
+    codes = loop.stop()
+    after = invocations(ct)
+    alpha_codes = codes[0::2]
+    assert len(alpha_codes) > 20, "the request loop hardly ran"
+    assert [c for c in alpha_codes if c != "200"] == [], f"failed requests: {sorted(set(codes))}"
+    if "beta" in apps and "beta" in str(before):
+        assert [c for c in codes[1::2] if c != "200"] == []
+    restarted = {u for u in before if u in after and after[u] != before[u]}
+    gone = set(before) - set(after)
+    return restarted, gone
+
+
+def test_scale_up_restarts_nothing(live: Container) -> None:
+    restarted, gone = change(live, {"alpha": (5, "0660", "1")})
+    assert (restarted, gone) == (set(), set())
+    assert "fcgi-alpha@5.socket" in invocations(live)
+
+
+def test_scale_down_stops_only_the_removed_workers(live: Container) -> None:
+    restarted, gone = change(live, {"alpha": (2, "0660", "1")})
+    assert restarted == set()
+    assert {u for u in gone if u.endswith(".socket")} == {
+        f"fcgi-alpha@{n}.socket" for n in (3, 4, 5)
+    }
+
+
+def test_environment_change_restarts_services_only(live: Container) -> None:
+    restarted, gone = change(live, {"alpha": (2, "0660", "2")})
+    assert restarted == {"fcgi-alpha@1.service", "fcgi-alpha@2.service"}
+    assert gone == set()
+
+
+def test_socket_mode_change_restarts_sockets_with_their_services(live: Container) -> None:
+    restarted, _ = change(live, {"alpha": (2, "0620", "2")})
+    assert {u for u in restarted if u.endswith(".socket")} == {
+        "fcgi-alpha@1.socket",
+        "fcgi-alpha@2.socket",
+    }
+    assert live.run(["stat", "-c", "%a", "/run/fcgicompose/alpha/1.sock"]).stdout.strip() == "620"
+
+
+def test_adding_and_removing_an_app_leaves_the_other_alone(live: Container) -> None:
+    restarted, gone = change(live, {"alpha": (2, "0620", "2"), "beta": (2, "0660", "1")})
+    assert restarted == set() and gone == set()
+    restarted, gone = change(live, {"alpha": (2, "0620", "2")})
+    assert restarted == set()
+    assert all(u.startswith("fcgi-beta@") for u in gone) and gone
