@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shutil
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -408,12 +409,41 @@ class _Runtime:
                 return
             time.sleep(0.05)
 
-    def verify(self, sockets: Sequence[str]) -> None:
+    def verify(self, sockets: Sequence[str], settle: float = 2.0) -> None:
+        """Every socket listens, and each worker, woken by a connection, stays up.
+
+        Catches a program that exits at once (wrong path, crash on start) before the apply is
+        declared good, so it can still be rolled back.
+        """
         result = self.run("systemctl", "is-active", *sockets, check=False)
         states = result.output.splitlines()
         bad = [f"{u} is {s}" for u, s in zip(sockets, states, strict=False) if s != "active"]
         if bad or len(states) != len(sockets):
             raise _StepFailed(attrs.evolve(result, output="; ".join(bad) or result.output))
+        listens = self.run("systemctl", "show", "-P", "Listen", *sockets, check=False)
+        for line in listens.output.splitlines():
+            _wake(line.rsplit(" (", 1)[0])
+        time.sleep(settle)
+        services = [s.replace(".socket", ".service") for s in sockets]
+        result = self.run("systemctl", "is-active", *services, check=False)
+        down = [
+            (unit, state)
+            for unit, state in zip(services, result.output.splitlines(), strict=False)
+            if state != "active"
+        ]
+        if down:
+            journal = self.run(
+                "journalctl", "--no-pager", "-n", "8", "-o", "cat", "-u", down[0][0], check=False
+            )
+            summary = "; ".join(f"{unit} is {state}" for unit, state in down)
+            raise _StepFailed(attrs.evolve(result, output=f"{summary}\n{journal.output}"))
+
+
+def _wake(socket_path: str) -> None:
+    """Connect to a socket so systemd starts its worker; the connection carries no request."""
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(2)
+        probe.connect(socket_path)
 
 
 def _nginx_workers(master: int) -> set[int]:
@@ -524,9 +554,13 @@ def _roll_back(root: Path, plan: Plan, runtime: _Runtime, progress: Progress) ->
             )
             runtime.run("systemctl", "start", socket, check=False)
     if ActionKind.RESTART_SERVICES in attempted:
-        runtime.run(
-            "systemctl", "try-restart", *attempted[ActionKind.RESTART_SERVICES].units, check=False
-        )
+        # A new program may have failed (and tripped its start limit): clear that, and let
+        # each socket start the old program at the next request.
+        restarted = attempted[ActionKind.RESTART_SERVICES].units
+        their_sockets = [u.replace(".service", ".socket") for u in restarted]
+        runtime.run("systemctl", "reset-failed", *restarted, *their_sockets, check=False)
+        runtime.run("systemctl", "stop", *restarted, check=False)
+        runtime.run("systemctl", "start", *their_sockets, check=False)
     sockets = [u for u in runtime.stopped if u.endswith(".socket")]
     if sockets:
         runtime.run("systemctl", "start", *sockets, check=False)

@@ -102,7 +102,7 @@ class Action:
             ActionKind.NGINX_RELOAD: "systemctl try-reload-or-restart nginx.service",
             ActionKind.STOP: "systemctl stop",
             ActionKind.RESET_FAILED: "systemctl reset-failed",
-            ActionKind.VERIFY: "check listening:",
+            ActionKind.VERIFY: "check listening and wake each worker:",
         }[self.kind]
         return " ".join([what, *self.units])
 
@@ -339,10 +339,15 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
                 "a fixed app must not stay failed from old crashes",
             )
         )
-    listening = tuple(restart_sockets) + new_sockets
+    restarted_workers = tuple(s.replace(".service", ".socket") for s in restart_services)
+    listening = tuple(restart_sockets) + new_sockets + restarted_workers
     if listening:
         actions.append(
-            Action(ActionKind.VERIFY, listening, "every started socket must be listening")
+            Action(
+                ActionKind.VERIFY,
+                listening,
+                "every started socket must listen and its worker must stay up when woken",
+            )
         )
     return actions, notes
 

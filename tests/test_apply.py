@@ -73,8 +73,10 @@ def test_fresh_apply_runs_steps_in_order_and_batched(tmp_path: Path) -> None:
         ("systemctl", "try-reload-or-restart", "nginx.service"),
         ("systemctl", "reset-failed", "fcgi-a@1.socket", "fcgi-a@2.socket"),
         ("systemctl", "is-active", "fcgi-a@1.socket", "fcgi-a@2.socket"),
+        ("systemctl", "show", "-P", "Listen", "fcgi-a@1.socket", "fcgi-a@2.socket"),
+        ("systemctl", "is-active", "fcgi-a@1.service", "fcgi-a@2.service"),
     ]
-    assert outcome.generation == 1 and len(outcome.commands) == 7
+    assert outcome.generation == 1 and len(outcome.commands) == 9
 
 
 def test_failed_nginx_test_restores_files_and_runs_nothing_else(tmp_path: Path) -> None:
@@ -125,6 +127,9 @@ def test_service_change_restarts_only_services(tmp_path: Path) -> None:
         ("systemctl", "daemon-reload"),
         ("systemctl", "try-restart", "fcgi-a@1.service", "fcgi-a@2.service"),
         ("systemctl", "reset-failed", "fcgi-a@1.service", "fcgi-a@2.service"),
+        ("systemctl", "is-active", "fcgi-a@1.socket", "fcgi-a@2.socket"),
+        ("systemctl", "show", "-P", "Listen", "fcgi-a@1.socket", "fcgi-a@2.socket"),
+        ("systemctl", "is-active", "fcgi-a@1.service", "fcgi-a@2.service"),
     ]
 
 

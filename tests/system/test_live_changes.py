@@ -142,3 +142,28 @@ def test_adding_and_removing_an_app_leaves_the_other_alone(live: Container) -> N
     restarted, gone = change(live, {"alpha": (2, "0620", "2")})
     assert restarted == set()
     assert all(u.startswith("fcgi-beta@") for u in gone) and gone
+
+
+def test_a_program_that_exits_at_once_is_rolled_back(live: Container) -> None:
+    good = spec({"alpha": (2, "0620", "2")})
+    apply(live, good)
+    broken = good.replace(
+        f'"/usr/bin/python3", "{PROJECT_MOUNT}/tests/support/fcgi_responder.py", "--fd0"',
+        '"/bin/false"',
+    )
+    live.write_file(SPEC_PATH, broken)
+    result = live.run(
+        ["python3", "-m", "fcgicompose", "apply", SPEC_PATH, "--auto-approve"],
+        env={"PYTHONPATH": PROJECT_MOUNT, "NO_COLOR": "1"},
+        check=False,
+        timeout=180,
+    )
+    assert result.returncode == 1, result.stdout
+    assert "fcgi-alpha@1.service is" in result.stderr
+    assert "previous files and units were restored" in result.stderr
+    unit = live.read_file("/etc/systemd/system/fcgi-alpha@.service")
+    assert "fcgi_responder.py" in unit and "/bin/false" not in unit
+    statuses = [live.curl("http://localhost/alpha/")[0] for _ in range(6)]
+    assert statuses == [200] * 6
+    assert live.failed_units() == []
+    apply(live, good)  # the record still says the good generation: nothing to do
