@@ -46,8 +46,11 @@ fmt: venv
 schema: venv  ## regenerate schemas/ and docs/spec.md from the models
 	$(PY) -m fcgicompose.schema --write
 
-bench: venv  ## benchmarks (not part of make test)
-	$(PY) -m tests.bench
+bench: venv  ## benchmarks side by side with the I/O floor and Ansible (not part of make test)
+	$(PY) -m bench
+
+fuzz: venv test-deps  ## >= 10,000 generated specs through the loader and the real validators
+	$(PY) -m fuzz
 
 clean:
 	rm -rf $(VENV) $(DEMO_ROOT) .pytest_cache .mypy_cache .ruff_cache
