@@ -276,6 +276,10 @@ def plan(
     show_default=True,
     help="Seconds to wait for another apply on the same root.",
 )
+@click.option(
+    "--json", "as_json", is_flag=True,
+    help="Print the plan and what was done (commands run, systemctl calls) as JSON.",
+)  # fmt: skip
 @click.pass_obj
 @_guard
 def apply(
@@ -286,6 +290,7 @@ def apply(
     force: bool,
     no_rollback: bool,
     lock_timeout: float,
+    as_json: bool,
 ) -> None:
     """Make ROOT match SPEC: write the files as one set, then tell systemd and nginx.
 
@@ -309,7 +314,7 @@ def apply(
             auto_approve = True  # a saved plan is the approval (like terraform apply FILE)
         else:
             the_plan = _plan(state, spec, root, for_apply=True, loaded=loaded)
-        _carry_out(state, the_plan, root, auto_approve, force, no_rollback)
+        _carry_out(state, the_plan, root, auto_approve, force, no_rollback, as_json)
 
 
 @main.command()
@@ -346,15 +351,26 @@ def rollback(state: _State, root: Path, auto_approve: bool, lock_timeout: float)
 
 
 def _carry_out(
-    state: _State, the_plan: Any, root: Path, auto_approve: bool, force: bool, no_rollback: bool
+    state: _State,
+    the_plan: Any,
+    root: Path,
+    auto_approve: bool,
+    force: bool,
+    no_rollback: bool,
+    as_json: bool = False,
 ) -> None:
     """Show the plan, get approval, apply it (the caller holds the lock)."""
     from fcgicompose import report
     from fcgicompose.apply import apply_plan
     from fcgicompose.errors import FcgiComposeError
 
-    state.echo(report.plan_text(the_plan, state.style), nl=False)
+    if not as_json:
+        state.echo(report.plan_text(the_plan, state.style), nl=False)
     if not the_plan.has_changes:
+        if as_json:
+            state.echo(
+                report.dumps({"plan": report.plan_json(the_plan), "outcome": None}), nl=False
+            )
         return
     if the_plan.blockers:
         raise FcgiComposeError(the_plan.blockers)
@@ -371,6 +387,10 @@ def _carry_out(
             sys.exit(EXIT_ERROR)
     outcome = apply_plan(
         the_plan, root, force=force, rollback=not no_rollback,
-        progress=lambda line: state.echo(state.style(line, "dim")),
+        progress=lambda line: state.echo(state.style(line, "dim"), err=as_json),
     )  # fmt: skip
-    state.echo(report.outcome_text(outcome, the_plan, state.style), nl=False)
+    if as_json:
+        document = {"plan": report.plan_json(the_plan), "outcome": report.outcome_json(outcome)}
+        state.echo(report.dumps(document), nl=False)
+    else:
+        state.echo(report.outcome_text(outcome, the_plan, state.style), nl=False)

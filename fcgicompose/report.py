@@ -116,6 +116,18 @@ def dumps(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False) + "\n"
 
 
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    commands = [list(c.argv) for c in outcome.commands]
+    return {
+        "files_written": outcome.files_written,
+        "files_deleted": outcome.files_deleted,
+        "generation": outcome.generation,
+        "commands": commands,
+        "systemctl_calls": sum(1 for argv in commands if argv[:1] == ["systemctl"]),
+        "daemon_reloads": sum(1 for argv in commands if argv[:2] == ["systemctl", "daemon-reload"]),
+    }
+
+
 def outcome_text(outcome: Outcome, plan: Plan, style: Style = plain) -> str:
     runtime = (
         f"{len(outcome.commands)} command{'s' if len(outcome.commands) != 1 else ''} run"

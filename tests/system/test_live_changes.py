@@ -3,9 +3,11 @@ that had to restart did (read from systemd's InvocationID, not from the tool's o
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from system.container import PROJECT_MOUNT, Container
@@ -35,15 +37,20 @@ def spec(apps: dict[str, tuple[int, str, str]]) -> str:
     return text
 
 
-def apply(ct: Container, text: str) -> None:
+def apply(ct: Container, text: str) -> dict[str, Any]:
+    """Apply `text`; return apply's JSON report, checking one daemon-reload at most."""
     ct.write_file(SPEC_PATH, text)
     result = ct.run(
-        ["python3", "-m", "fcgicompose", "apply", SPEC_PATH, "--auto-approve"],
+        ["python3", "-m", "fcgicompose", "apply", SPEC_PATH, "--auto-approve", "--json"],
         env={"PYTHONPATH": PROJECT_MOUNT, "NO_COLOR": "1"},
         check=False,
         timeout=180,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    if report["outcome"]:
+        assert report["outcome"]["daemon_reloads"] <= 1
+    return report
 
 
 def invocations(ct: Container) -> dict[str, str]:
@@ -167,3 +174,28 @@ def test_a_program_that_exits_at_once_is_rolled_back(live: Container) -> None:
     assert statuses == [200] * 6
     assert live.failed_units() == []
     apply(live, good)  # the record still says the good generation: nothing to do
+
+
+def test_nginx_config_that_fails_the_test_is_rolled_back(live: Container) -> None:
+    good = spec({"alpha": (2, "0620", "2")})
+    apply(live, good)
+    clash = "/etc/nginx/conf.d/zz-not-ours.conf"
+    live.write_file(clash, "upstream fcgicompose_beta { server 127.0.0.1:9; }\n")
+    try:
+        live.write_file(SPEC_PATH, spec({"alpha": (2, "0620", "2"), "beta": (1, "0660", "1")}))
+        result = live.run(
+            ["python3", "-m", "fcgicompose", "apply", SPEC_PATH, "--auto-approve"],
+            env={"PYTHONPATH": PROJECT_MOUNT, "NO_COLOR": "1"},
+            check=False,
+            timeout=180,
+        )
+        assert result.returncode == 1, result.stdout
+        assert "`nginx -t -q` failed" in result.stderr and "duplicate upstream" in result.stderr
+        assert not live.exists("/etc/nginx/conf.d/fcgicompose-upstream-beta.conf")
+        assert not live.exists("/etc/systemd/system/fcgi-beta@.service")
+        assert live.read_file(clash) == "upstream fcgicompose_beta { server 127.0.0.1:9; }\n"
+        assert [live.curl("http://localhost/alpha/")[0] for _ in range(4)] == [200] * 4
+        assert "fcgi-beta@1.socket" not in invocations(live)
+    finally:
+        live.run(["rm", "-f", clash])
+    assert apply(live, good)["outcome"] is None  # the host is exactly the good generation
