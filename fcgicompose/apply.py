@@ -104,7 +104,8 @@ def locked(root: Path, timeout: float = 30.0) -> Iterator[None]:
                     raise LockError(
                         [
                             Problem(
-                                f"another fcgicompose apply holds the lock for {timeout:g} s",
+                                "another fcgicompose is applying to this root; "
+                                f"gave up after {timeout:g} s",
                                 file=str(state_dir / LOCK_NAME),
                                 hint="wait for it to finish, or raise --lock-timeout",
                             )
@@ -266,7 +267,7 @@ def check_not_moved(root: Path, plan: Plan) -> None:
 
 def switch_files(
     root: Path, changes: Sequence[FileChange], progress: Progress, old_record_text: str | None
-) -> list[_Undo]:
+) -> None:
     """Journal the old state, then put every changed file in place; on error undo them."""
     undo = []
     for change in changes:
@@ -296,7 +297,6 @@ def switch_files(
                 )
             ]
         ) from None
-    return undo
 
 
 def restore_files(undo: Sequence[_Undo]) -> None:
@@ -394,19 +394,17 @@ class _Runtime:
             self.verify(units)
 
     def reload_nginx(self, timeout: float = 15.0) -> None:
-        """Reload nginx and wait until no worker with the old config accepts requests.
+        """Reload nginx and wait (bounded) until the workers with the old config are gone.
 
-        The reload signal returns at once while the old workers keep accepting for a moment;
-        stopping a removed worker's socket before they are done would fail their requests.
+        The reload signal returns at once while the old workers keep accepting for a moment
+        and then finish their requests; stopping a removed worker's socket before they are
+        done would fail those requests.
         """
         master = self.run("systemctl", "show", "-P", "MainPID", "nginx.service", check=False).output
         old = _nginx_workers(int(master)) if master.isdigit() and master != "0" else set()
         self.run("systemctl", "try-reload-or-restart", "nginx.service")
         deadline = time.monotonic() + timeout
-        while old and time.monotonic() < deadline:
-            current = _nginx_workers(int(master))
-            if current and not current & old:
-                return
+        while old and old & _nginx_workers(int(master)) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def verify(self, sockets: Sequence[str], settle: float = 2.0) -> None:
@@ -447,20 +445,17 @@ def _wake(socket_path: str) -> None:
 
 
 def _nginx_workers(master: int) -> set[int]:
-    """PIDs of nginx workers still accepting requests (not "shutting down")."""
+    """PIDs of the nginx master's worker processes, old ones shutting down included."""
     try:
         children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
     except OSError:
         return set()
-    accepting = set()
+    workers = set()
     for child in children:
-        try:
-            title = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"worker process" in title and b"shutting down" not in title:
-            accepting.add(int(child))
-    return accepting
+        with contextlib.suppress(OSError):
+            if b"worker process" in Path(f"/proc/{child}/cmdline").read_bytes():
+                workers.add(int(child))
+    return workers
 
 
 class _StepFailed(Exception):

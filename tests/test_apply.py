@@ -147,7 +147,7 @@ def test_second_apply_waits_for_the_lock_then_fails_clearly(tmp_path: Path) -> N
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         started = time.monotonic()
-        with pytest.raises(LockError, match="holds the lock"):
+        with pytest.raises(LockError, match="another fcgicompose is applying to this root"):
             apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(), lock_timeout=0.5)
         assert time.monotonic() - started >= 0.5
         assert snapshot(tmp_path) == {}
