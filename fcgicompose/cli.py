@@ -70,6 +70,13 @@ def main(ctx: click.Context, debug: bool, color: bool | None) -> None:
       fcgicompose plan fcgi.toml              show what apply would change
       fcgicompose apply fcgi.toml             change the host (asks first)
       fcgicompose plan fcgi.toml --root DIR   plan against a staging tree instead of /
+      fcgicompose plan fcgi.toml --out p.plan && fcgicompose apply p.plan
+                                              review now, apply exactly that later
+      fcgicompose rollback                    back to the previous generation
+
+    \b
+    Exit codes: 0 done (or no changes), 1 user error (one line per problem),
+    2 changes pending (plan --detailed-exitcode), 3 internal error (a bug).
 
     The spec format is described in docs/spec.md; the JSON schema is
     schemas/fcgicompose.schema.json.
