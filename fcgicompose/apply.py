@@ -26,6 +26,7 @@ from fcgicompose.plan import Action, ActionKind, Change, FileChange, Plan
 from fcgicompose.state import (
     Record,
     RecordEntry,
+    clear_path_cache,
     host_path,
     read_fact,
     read_record,
@@ -145,7 +146,7 @@ def _write_journal(root: Path, undo: Sequence[_Undo], old_record_text: str | Non
         for step in undo
     ]
     data = {"format": 1, "old_record": old_record_text, "paths": entries}
-    _write_atomically(journal_path(root), json.dumps(data, indent=1), mode=0o600)
+    _write_atomically(journal_path(root), json.dumps(data, separators=(",", ":")), mode=0o600)
 
 
 def recover(root: Path, progress: Progress = lambda line: None) -> bool:
@@ -191,9 +192,12 @@ def recover(root: Path, progress: Progress = lambda line: None) -> bool:
 
 
 def _write_atomically(
-    path: Path, content: str | None, link_target: str = "", mode: int = 0o644
+    path: Path, content: str | None, link_target: str = "", mode: int = 0o644, sync_dir: bool = True
 ) -> None:
-    """Write via a temp file in the same directory (mode set, fsynced), then rename."""
+    """Write via a temp file in the same directory (mode set, fsynced), then rename.
+
+    With sync_dir=False the caller fsyncs the directory itself, once for many files.
+    """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
     temp = _temp_path(path)
     with contextlib.suppress(FileNotFoundError):
@@ -210,7 +214,8 @@ def _write_atomically(
         finally:
             os.close(fd)
     os.rename(temp, path)
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
 
 
 def _temp_path(path: Path) -> Path:
@@ -269,6 +274,7 @@ def switch_files(
     root: Path, changes: Sequence[FileChange], progress: Progress, old_record_text: str | None
 ) -> None:
     """Journal the old state, then put every changed file in place; on error undo them."""
+    clear_path_cache()
     undo = []
     for change in changes:
         before = read_fact(root, change.path)
@@ -277,15 +283,18 @@ def switch_files(
                   before.link_target, before.exists)
         )  # fmt: skip
     _write_journal(root, undo, old_record_text)
+    directories = set()
     try:
         for change in changes:
             target = host_path(root, change.path)
             if change.change is Change.DELETE:
                 target.unlink()
-                _fsync_dir(target.parent)
             else:
-                _write_atomically(target, change.content, change.link_target)
+                _write_atomically(target, change.content, change.link_target, sync_dir=False)
+            directories.add(target.parent)
             progress(f"{change.change.symbol} {change.path}")
+        for directory in sorted(directories):  # the renames are durable before the record moves
+            _fsync_dir(directory)
     except OSError as error:
         restore_files(undo)
         journal_path(root).unlink()

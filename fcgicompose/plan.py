@@ -6,6 +6,7 @@ Pure: values in, a value out. `plan` prints a Plan, `apply` carries out the same
 from __future__ import annotations
 
 import difflib
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
@@ -261,17 +262,16 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
 
     new_links = of(Kind.ENABLE_LINK, Change.CREATE)
     gone_links = of(Kind.ENABLE_LINK, Change.DELETE)
-    kept_workers = {
-        (f.apps[0], f.worker)
-        for f in files
-        if f.kind is Kind.ENABLE_LINK and f.change in (Change.KEEP, Change.ADOPT)
-    }
+    kept_workers: dict[str, list[int]] = defaultdict(list)
+    for f in files:
+        if f.kind is Kind.ENABLE_LINK and f.change in (Change.KEEP, Change.ADOPT):
+            kept_workers[f.apps[0]].append(f.worker)
     restart_sockets: list[str] = []
     restart_services: list[str] = []
     for unit_file in of(Kind.SOCKET_UNIT, Change.UPDATE) + of(Kind.SERVICE_UNIT, Change.UPDATE):
         app = unit_file.apps[0]
         unit = unit_file.path.rsplit("/", 1)[1]
-        workers = sorted(w for a, w in kept_workers if a == app)
+        workers = sorted(kept_workers.get(app, ()))
         if runtime_relevant(unit_file.old_content or "") == runtime_relevant(unit_file.content):
             notes.append(f"{unit}: only the description or comments changed; nothing restarted")
             continue

@@ -6,6 +6,7 @@ paths and hashes, never contents (like chezmoi's state), so it holds no secrets.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -89,7 +90,8 @@ class Record:
             "spec": self.spec,
             "files": {path: entry.to_json() for path, entry in sorted(self.entries.items())},
         }
-        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+        # One line: thousands of entries, and indent= would make json use its slow encoder.
+        return json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n"
 
     @classmethod
     def from_json(cls, text: str, where: str) -> Record:
@@ -121,12 +123,24 @@ class Record:
             ) from None
 
 
+@functools.lru_cache(maxsize=4096)
+def _resolved(path: str) -> str:
+    # A plan reads thousands of files in a handful of directories: resolve each directory
+    # once per run, not per file (callers clear the cache when a run starts).
+    return os.path.realpath(path)
+
+
+def clear_path_cache() -> None:
+    """Forget resolved directories: call when a run starts (they may have changed since)."""
+    _resolved.cache_clear()
+
+
 def host_path(root: Path, path: str) -> Path:
     """The target `path` under `root`; refuses paths whose parents leave the root by symlink."""
     joined = root / path.lstrip("/")
     parent = joined.parent
-    real_root = os.path.realpath(root)
-    real_parent = os.path.realpath(parent)
+    real_root = _resolved(str(root))
+    real_parent = _resolved(str(parent))
     if real_parent != real_root and not real_parent.startswith(real_root.rstrip("/") + "/"):
         raise StateError(
             [
@@ -162,6 +176,7 @@ def read_fact(root: Path, path: str) -> FileFact:
 
 
 def read_facts(root: Path, paths: Iterable[str]) -> dict[str, FileFact]:
+    clear_path_cache()
     return {path: read_fact(root, path) for path in sorted(set(paths))}
 
 
