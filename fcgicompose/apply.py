@@ -20,7 +20,7 @@ from pathlib import Path
 
 import attrs
 
-from fcgicompose import names
+from fcgicompose import __version__, names
 from fcgicompose.errors import ApplyError, LockError, Problem, StateError
 from fcgicompose.plan import Action, ActionKind, Change, FileChange, Plan
 from fcgicompose.state import (
@@ -328,7 +328,13 @@ def new_record(plan: Plan, old: Record) -> Record:
             apps=change.apps,
             worker=change.worker,
         )
-    return Record(generation=old.generation + 1, spec=plan.spec, entries=entries)
+    return Record(
+        generation=old.generation + 1,
+        spec=plan.spec,
+        entries=entries,
+        spec_sha256=sha256_text(plan.spec_text) if plan.spec_text else "",
+        tool_version=__version__,
+    )
 
 
 def generation_spec(root: Path, generation: int, spec_name: str) -> Path:

@@ -186,6 +186,16 @@ def _plan(state: _State, spec: str, root: Path, for_apply: bool, loaded: Any = N
     from fcgicompose.state import read_accounts
     from fcgicompose.workflow import plan_for
 
+    if loaded is None and not for_apply:
+        from fcgicompose.workflow import unchanged_plan
+
+        try:
+            text = Path(spec).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            text = None  # _load reports it properly
+        quick = unchanged_plan(text, root) if text is not None else None
+        if quick is not None:
+            return quick
     loaded = loaded or _load(spec)
     accounts = read_accounts(root)
     if accounts is not None:

@@ -82,12 +82,17 @@ class Record:
     generation: int = 0
     spec: str = ""
     entries: Mapping[str, RecordEntry] = attrs.field(factory=dict)
+    # What produced the files: equal values mean the same files, so plan can skip compiling.
+    spec_sha256: str = ""
+    tool_version: str = ""
 
     def to_json(self) -> str:
         data = {
             "format": RECORD_FORMAT,
             "generation": self.generation,
             "spec": self.spec,
+            "spec_sha256": self.spec_sha256,
+            "tool_version": self.tool_version,
             "files": {path: entry.to_json() for path, entry in sorted(self.entries.items())},
         }
         # One line: thousands of entries, and indent= would make json use its slow encoder.
@@ -110,7 +115,13 @@ class Record:
                 )
                 for path, fields in data["files"].items()
             }
-            return cls(int(data["generation"]), str(data.get("spec", "")), entries)
+            return cls(
+                int(data["generation"]),
+                str(data.get("spec", "")),
+                entries,
+                str(data.get("spec_sha256", "")),
+                str(data.get("tool_version", "")),
+            )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise StateError(
                 [

@@ -210,3 +210,22 @@ def test_help_teaches_and_version_is_quick() -> None:
     assert "Typical use:" in cli("--help").stdout
     assert "--detailed-exitcode" in cli("plan", "--help").stdout
     assert cli("--version").stdout.startswith("fcgicompose, version ")
+
+
+def test_unchanged_spec_is_planned_without_compiling_but_drift_still_shows(tmp_path: Path) -> None:
+    assert cli("apply", str(MULTI), "--root", str(tmp_path), "--auto-approve").returncode == 0
+    quick = json.loads(cli("plan", str(MULTI), "--root", str(tmp_path), "--json").stdout)
+    assert quick["changes"] is False
+    assert quick["notes"] == ["spec and fcgicompose unchanged since generation 1"]
+    assert len(quick["files"]) == 20 and {f["change"] for f in quick["files"]} == {"keep"}
+    # A hand edit makes the quick path step aside: the full plan reports the drift.
+    site = tmp_path / "etc/nginx/conf.d/fcgicompose-site-wiki.example.org-80.conf"
+    site.write_text(site.read_text() + "# edited\n")
+    full = json.loads(cli("plan", str(MULTI), "--root", str(tmp_path), "--json").stdout)
+    assert full["drift"] and full["changes"] is True
+    site.write_text(site.read_text().replace("# edited\n", ""))
+    # Another fcgicompose version may render differently: it compiles in full.
+    record = tmp_path / "var/lib/fcgicompose/state.json"
+    record.write_text(record.read_text().replace('"tool_version":"', '"tool_version":"0.0.0-'))
+    other = json.loads(cli("plan", str(MULTI), "--root", str(tmp_path), "--json").stdout)
+    assert other["changes"] is False and other["notes"] == []
