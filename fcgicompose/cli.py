@@ -182,29 +182,14 @@ def _plan(state: _State, spec: str, root: Path, for_apply: bool, loaded: Any = N
                 )
             ]
         )
-    from fcgicompose.spec import account_problems
-    from fcgicompose.state import read_accounts
-    from fcgicompose.workflow import plan_for
+    from fcgicompose.workflow import plan_spec_file
 
-    if loaded is None and not for_apply:
-        from fcgicompose.workflow import unchanged_plan
-
-        try:
-            text = Path(spec).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            text = None  # _load reports it properly
-        quick = unchanged_plan(text, root) if text is not None else None
-        if quick is not None:
-            return quick
-    loaded = loaded or _load(spec)
-    accounts = read_accounts(root)
-    if accounts is not None:
-        problems = account_problems(loaded, *accounts)
-        if problems and for_apply:
-            raise FcgiComposeError(problems)
-        for problem in problems:
-            state.echo(state.style(f"warning: {problem}", "yellow"), err=True)
-    return plan_for(loaded, root)
+    the_plan, problems = plan_spec_file(Path(spec), spec, root, loaded=loaded, quick=not for_apply)
+    if problems and for_apply:
+        raise FcgiComposeError(problems)
+    for problem in problems:
+        state.echo(state.style(f"warning: {problem}", "yellow"), err=True)
+    return the_plan
 
 
 @main.command()
