@@ -91,7 +91,8 @@ def locked(root: Path, timeout: float = 30.0) -> Iterator[None]:
         yield
         return
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    lock_path = host_path(root, f"{names.STATE_DIR}/{LOCK_NAME}")  # state dir not a symlink out
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -162,21 +163,39 @@ def recover(root: Path, progress: Progress = lambda line: None) -> bool:
         # Torn while being written: nothing was switched yet (the journal comes first).
         path.unlink()
         return True
+    try:
+        steps = [
+            _Undo(
+                host_path(root, e["path"]), e["path"], e["content"], e["link_target"], e["existed"]
+            )
+            for e in data["paths"]
+        ]
+        old_record = data["old_record"]
+        if old_record is not None:
+            Record.from_json(old_record, str(path))  # refuse to restore garbage as the record
+        if any(s.existed and s.content is None and not s.link_target for s in steps):
+            raise TypeError("a journaled file has no content")
+    except (KeyError, TypeError, AttributeError, StateError) as error:
+        raise StateError(
+            [
+                Problem(
+                    f"the journal of an interrupted apply is unreadable ({error})",
+                    file=str(path),
+                    hint="check the files it lists by hand, then move it away",
+                )
+            ]
+        ) from None
     progress("recovering: an earlier apply was interrupted; restoring the files it replaced")
-    steps = [
-        _Undo(host_path(root, e["path"]), e["path"], e["content"], e["link_target"], e["existed"])
-        for e in data["paths"]
-    ]
     restore_files(steps)
     for step in steps:  # a temp file the interrupted write may have left beside its target
         with contextlib.suppress(FileNotFoundError):
             _temp_path(step.path).unlink()
     record = record_path(root)
-    if data["old_record"] is None:
+    if old_record is None:
         with contextlib.suppress(FileNotFoundError):
             record.unlink()
     else:
-        _write_atomically(record, data["old_record"], mode=0o600)
+        _write_atomically(record, old_record, mode=0o600)
     # The interrupted generation may have kept its spec already: it never stood, drop it.
     restored, _ = read_record(root)
     generations = host_path(root, f"{names.STATE_DIR}/generations")
@@ -302,7 +321,7 @@ def switch_files(
             [
                 Problem(
                     f"writing failed: {error.strerror}; the old files were put back",
-                    file=str(getattr(error, "filename", "") or ""),
+                    file=change.path,
                 )
             ]
         ) from None
@@ -334,6 +353,7 @@ def new_record(plan: Plan, old: Record) -> Record:
         entries=entries,
         spec_sha256=sha256_text(plan.spec_text) if plan.spec_text else "",
         tool_version=__version__,
+        accounts=plan.accounts,
     )
 
 
@@ -521,9 +541,9 @@ def apply_plan(
                     progress(f"→ {action.describe()}")
                     runtime.action(action)
             if plan.spec_text:  # kept for `rollback`, once the generation stands
-                _write_atomically(
-                    generation_spec(root, record.generation, plan.spec), plan.spec_text, mode=0o600
-                )
+                kept = generation_spec(root, record.generation, plan.spec)
+                shutil.rmtree(kept.parent, ignore_errors=True)  # stale if the record was lost
+                _write_atomically(kept, plan.spec_text, mode=0o600)
             journal_path(root).unlink()  # the commit point: the new set stands
         except _StepFailed as failed:
             message = (

@@ -7,6 +7,7 @@ conflict, failed apply; one line per problem), 2 changes planned (with --detaile
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import tempfile
@@ -27,14 +28,15 @@ _ROOT_HELP = "Target root directory (default: the live host /). Runtime actions 
 class _State:
     def __init__(self, debug: bool, color: bool | None) -> None:
         self.debug = debug
-        self.color = color
+        self.color = _wants_color(color, sys.stdout)
+        self.color_err = _wants_color(color, sys.stderr)
 
     def echo(self, text: str, *, err: bool = False, nl: bool = True) -> None:
-        """Print, keeping our colours even when click would strip them (we decided already)."""
-        click.echo(text, err=err, nl=nl, color=self.color)
+        """Print; click strips the colours on a stream that should have none."""
+        click.echo(text, err=err, nl=nl, color=self.color_err if err else self.color)
 
     def style(self, text: str, color: str) -> str:
-        if not self.color or not color:
+        if not (self.color or self.color_err) or not color:
             return text
         if color == "dim":
             return click.style(text, dim=True)
@@ -43,15 +45,36 @@ class _State:
         return click.style(text, fg=color)
 
 
-def _wants_color(flag: bool | None) -> bool:
+def _wants_color(flag: bool | None, stream: Any) -> bool:
     if flag is not None:
         return flag
     if os.environ.get("NO_COLOR"):  # https://no-color.org
         return False
-    return sys.stdout.isatty()
+    return bool(stream.isatty())
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class _Group(click.Group):
+    """Usage errors exit 1 like every user error: 2 means "changes pending"."""
+
+    def main(  # type: ignore[override]
+        self, args: list[str] | None = None, prog_name: str | None = None, **extra: Any
+    ) -> Any:
+        extra.pop("standalone_mode", None)
+        try:
+            code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(EXIT_ERROR)
+        except click.exceptions.Abort:
+            click.echo("Aborted.", err=True)
+            sys.exit(EXIT_ERROR)
+        sys.exit(code if isinstance(code, int) else EXIT_OK)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="fcgicompose")
 @click.option("--debug", is_flag=True, help="Show tracebacks of internal errors.")
 @click.option(
@@ -81,7 +104,7 @@ def main(ctx: click.Context, debug: bool, color: bool | None) -> None:
     The spec format is described in docs/spec.md; the JSON schema is
     schemas/fcgicompose.schema.json.
     """
-    ctx.obj = _State(debug, _wants_color(color))
+    ctx.obj = _State(debug, color)
 
 
 def _guard(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -102,6 +125,16 @@ def _guard(function: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except BrokenPipeError:
+            # The reader went away (`fcgicompose graph x | head`): not worth a word.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_ERROR)
+        except OSError as error:
+            where = f"{error.filename}: " if error.filename else ""
+            hint = " (hint: run as root, or pass --root)" if error.errno == errno.EACCES else ""
+            message = f"error: {where}{error.strerror or error}{hint}"
+            state.echo(state.style(message, "red"), err=True)
+            sys.exit(EXIT_ERROR)
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence
@@ -168,11 +201,11 @@ def graph(spec: str) -> None:
     click.echo(to_dot(build_graph(_load(spec))), nl=False)
 
 
-def _plan(state: _State, spec: str, root: Path, for_apply: bool, loaded: Any = None) -> Any:
+def _refuse_if_interrupted(root: Path) -> None:
     from fcgicompose.apply import journal_path
     from fcgicompose.errors import FcgiComposeError, Problem
 
-    if not for_apply and journal_path(root).exists():
+    if journal_path(root).exists():
         raise FcgiComposeError(
             [
                 Problem(
@@ -182,14 +215,47 @@ def _plan(state: _State, spec: str, root: Path, for_apply: bool, loaded: Any = N
                 )
             ]
         )
+
+
+def _recover_if_interrupted(state: _State, root: Path, lock_timeout: float, err: bool) -> None:
+    """Undo an interrupted apply first; touch nothing when there was none."""
+    from fcgicompose.apply import journal_path, locked, recover
+
+    if journal_path(root).exists():
+        with locked(root, lock_timeout):
+            recover(root, lambda line: state.echo(line, err=err))
+
+
+def _plan(state: _State, spec: str, root: Path, for_apply: bool, loaded: Any = None) -> Any:
+    from fcgicompose.errors import FcgiComposeError
     from fcgicompose.workflow import plan_spec_file
 
+    if not for_apply:
+        _refuse_if_interrupted(root)
     the_plan, problems = plan_spec_file(Path(spec), spec, root, loaded=loaded, quick=not for_apply)
     if problems and for_apply:
         raise FcgiComposeError(problems)
     for problem in problems:
         state.echo(state.style(f"warning: {problem}", "yellow"), err=True)
     return the_plan
+
+
+def _save_plan(the_plan: Any, root: Path, spec: str, out: Path) -> None:
+    """Write a saved plan: mode 0600 from the start (it holds the spec), atomically."""
+    from fcgicompose import savedplan
+    from fcgicompose.errors import FcgiComposeError
+
+    if out.exists() and os.path.samefile(out, spec):
+        raise FcgiComposeError(f"--out {out} is the spec itself; choose another file")
+    if the_plan.blockers:
+        raise FcgiComposeError(the_plan.blockers)
+    text = savedplan.dumps(the_plan, root, Path(spec))
+    temp = out.with_name(f".{out.name}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)
+    os.replace(temp, out)  # replaces a symlink at `out` itself, never what it points to
 
 
 @main.command()
@@ -240,17 +306,14 @@ def plan(
     """Show what `apply SPEC` would change under ROOT, and why.
 
     Lists each file to create (+), update (~, with a diff) or delete (-), hand edits (drift),
-    then the systemd and nginx steps apply would take, in order. Reads only.
+    then the systemd and nginx steps apply would take, in order. Changes nothing under ROOT
+    (--out only writes the plan file).
     """
     from fcgicompose import report
 
     the_plan = _plan(state, spec, root, for_apply=False)
     if out is not None:
-        from fcgicompose import savedplan
-
-        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(savedplan.dumps(the_plan, root, Path(spec)))
+        _save_plan(the_plan, root, spec, out)
     if as_json:
         state.echo(report.dumps(report.plan_json(the_plan)), nl=False)
     else:
@@ -304,25 +367,45 @@ def apply(
     and stops removed workers; if a step fails, the previous files and units are restored.
     """
     from fcgicompose import savedplan
-    from fcgicompose.apply import locked, recover
 
     saved = savedplan.is_saved_plan(Path(spec))
     loaded = None if saved else _load(spec)  # a bad spec must not touch the root at all
-    with locked(root, lock_timeout):  # held from planning to the end, as Terraform does
-        recover(root, lambda line: state.echo(line))
-        if saved:
-            the_plan, inputs = savedplan.loads(Path(spec).read_text(), spec)
-            savedplan.check_fresh(the_plan, inputs, root, spec)
-            auto_approve = True  # a saved plan is the approval (like terraform apply FILE)
-        else:
-            the_plan = _plan(state, spec, root, for_apply=True, loaded=loaded)
-        _carry_out(state, the_plan, root, auto_approve, force, no_rollback, as_json)
+    _recover_if_interrupted(state, root, lock_timeout, err=as_json)
+    # Planned without the lock: apply_plan takes it and refuses if the record or any file the
+    # plan changes moved meanwhile. A refused apply so leaves no trace on the root.
+    if saved:
+        the_plan, inputs = savedplan.loads(Path(spec).read_text(), spec)
+        savedplan.check_fresh(the_plan, inputs, root, spec)
+        _check_accounts(the_plan, root)
+        auto_approve = True  # a saved plan is the approval (like terraform apply FILE)
+    else:
+        the_plan = _plan(state, spec, root, for_apply=True, loaded=loaded)
+    _carry_out(state, the_plan, root, auto_approve, force, no_rollback, lock_timeout, as_json)
+
+
+def _check_accounts(the_plan: Any, root: Path) -> None:
+    """A saved plan is checked against the accounts the target has now."""
+    from fcgicompose.errors import FcgiComposeError
+    from fcgicompose.spec import account_problems, parse_spec
+    from fcgicompose.state import read_accounts
+
+    accounts = read_accounts(root)
+    if accounts is not None and the_plan.spec_text:
+        problems = account_problems(parse_spec(the_plan.spec_text, the_plan.spec), *accounts)
+        if problems:
+            raise FcgiComposeError(problems)
 
 
 @main.command()
 @_root_option
 @click.option("--auto-approve", is_flag=True, help="Roll back without asking.")
-@click.option("--lock-timeout", type=float, default=30.0, show_default=True)
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for another apply on the same root.",
+)
 @click.pass_obj
 @_guard
 def rollback(state: _State, root: Path, auto_approve: bool, lock_timeout: float) -> None:
@@ -331,25 +414,24 @@ def rollback(state: _State, root: Path, auto_approve: bool, lock_timeout: float)
     Every successful apply keeps its spec under var/lib/fcgicompose/generations/; rollback
     plans the one before the current generation and applies it as a new generation.
     """
-    from fcgicompose.apply import generation_spec, locked, recover
+    from fcgicompose.apply import generation_spec
     from fcgicompose.errors import FcgiComposeError
     from fcgicompose.spec import parse_spec
     from fcgicompose.state import read_record
     from fcgicompose.workflow import plan_for
 
-    with locked(root, lock_timeout):
-        recover(root, lambda line: state.echo(line))
-        record, _ = read_record(root)
-        previous = record.generation - 1
-        if previous < 1:
-            raise FcgiComposeError("no previous generation to roll back to")
-        folder = generation_spec(root, previous, "x").parent
-        specs = sorted(folder.glob("*")) if folder.is_dir() else []
-        if len(specs) != 1:
-            raise FcgiComposeError(f"generation {previous} was not kept ({folder})")
-        state.echo(f"Rolling back from generation {record.generation} to {previous}'s spec.")
-        the_plan = plan_for(parse_spec(specs[0].read_text(), str(specs[0])), root)
-        _carry_out(state, the_plan, root, auto_approve, force=False, no_rollback=False)
+    _recover_if_interrupted(state, root, lock_timeout, err=False)
+    record, _ = read_record(root)
+    previous = record.generation - 1
+    if previous < 1:
+        raise FcgiComposeError("no previous generation to roll back to")
+    folder = generation_spec(root, previous, "x").parent
+    specs = sorted(folder.glob("*")) if folder.is_dir() else []
+    if len(specs) != 1:
+        raise FcgiComposeError(f"generation {previous} was not kept ({folder})")
+    state.echo(f"Rolling back from generation {record.generation} to {previous}'s spec.")
+    the_plan = plan_for(parse_spec(specs[0].read_text(), specs[0].name), root)
+    _carry_out(state, the_plan, root, auto_approve, False, False, lock_timeout)
 
 
 def _carry_out(
@@ -359,9 +441,10 @@ def _carry_out(
     auto_approve: bool,
     force: bool,
     no_rollback: bool,
+    lock_timeout: float,
     as_json: bool = False,
 ) -> None:
-    """Show the plan, get approval, apply it (the caller holds the lock)."""
+    """Show the plan, get approval, apply it."""
     from fcgicompose import report
     from fcgicompose.apply import apply_plan
     from fcgicompose.errors import FcgiComposeError
@@ -388,7 +471,7 @@ def _carry_out(
             state.echo("Nothing applied.")
             sys.exit(EXIT_ERROR)
     outcome = apply_plan(
-        the_plan, root, force=force, rollback=not no_rollback,
+        the_plan, root, force=force, rollback=not no_rollback, lock_timeout=lock_timeout,
         progress=lambda line: state.echo(state.style(line, "dim"), err=as_json),
     )  # fmt: skip
     if as_json:

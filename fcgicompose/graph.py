@@ -127,9 +127,13 @@ def to_dot(graph: nx.DiGraph) -> str:
     """The graph in Graphviz DOT, deterministic."""
     lines = ["digraph fcgicompose {", "  rankdir=LR;", "  node [shape=box, fontname=monospace];"]
     for artifact in ordered(graph):
-        label = f"{artifact.kind}\\n{artifact.path}"
-        lines.append(f'  "{artifact.path}" [label="{label}"];')
+        label = f"{artifact.kind}\\n{_dot_escape(artifact.path)}"
+        lines.append(f'  "{_dot_escape(artifact.path)}" [label="{label}"];')
     for before, after in sorted(graph.edges):
-        lines.append(f'  "{before}" -> "{after}";')
+        lines.append(f'  "{_dot_escape(before)}" -> "{_dot_escape(after)}";')
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _dot_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')

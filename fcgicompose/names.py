@@ -50,8 +50,8 @@ def upstream_path(nginx: Nginx, app: App) -> str:
 
 
 def site_path(nginx: Nginx, route: Route) -> str:
-    first = route.server_name[0]
-    slug = "default" if first == "_" else re.sub(r"[^A-Za-z0-9.-]", "_", first)
+    # Host names cannot hold "_", so "_" (any host) and "*" (as "_") never meet a real name.
+    slug = re.sub(r"[^A-Za-z0-9.-]", "_", route.server_name[0])
     return f"{nginx.conf_dir}/fcgicompose-site-{slug}-{route.listen[0]}.conf"
 
 

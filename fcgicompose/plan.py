@@ -122,6 +122,7 @@ class Plan:
     drift: tuple[Problem, ...]  # hand edits: apply refuses without --force
     generation: int  # the record generation this plan was made against
     spec_text: str = ""  # the spec itself, kept as the new generation when applied
+    accounts: tuple[str, ...] = ()  # "user:NAME" / "group:NAME" the generated units need
 
     @property
     def changes(self) -> tuple[FileChange, ...]:
@@ -145,6 +146,7 @@ def make_plan(
     facts: Mapping[str, FileFact],
     record: Record,
     spec_text: str = "",
+    accounts: tuple[str, ...] = (),
 ) -> Plan:
     """Compare what the spec produces with what is there and what the tool wrote before."""
     files: list[FileChange] = []
@@ -165,8 +167,10 @@ def make_plan(
             continue
         change, problem = _removal(entry, facts[path])
         files.append(change)
-        if problem:
+        if problem and change.drift:
             drift.append(problem)
+        elif problem:
+            blockers.append(problem)
     actions, notes = _runtime_actions(files)
     return Plan(
         spec=spec,
@@ -179,6 +183,7 @@ def make_plan(
         drift=tuple(drift),
         generation=record.generation,
         spec_text=spec_text,
+        accounts=accounts,
     )
 
 
@@ -197,6 +202,8 @@ def _desired_change(
         old_content=fact.content,
     )
     identical = fact.matches(artifact.content, artifact.link_target)
+    if fact.is_other or (fact.exists and not fact.is_link and fact.content is None):
+        return base, _not_a_text_file(artifact.path)
     if not fact.exists:
         reason = "recorded but missing on disk" if entry else "new"
         return attrs.evolve(base, change=Change.CREATE, reason=reason), None
@@ -225,6 +232,14 @@ def _desired_change(
     return update, None
 
 
+def _not_a_text_file(path: str) -> Problem:
+    return Problem(
+        "is now a directory, device or binary file; fcgicompose only ever wrote text there",
+        file=path,
+        hint="see who put it there and move it away (never touched, even with --force)",
+    )
+
+
 def _removal(entry: RecordEntry, fact: FileFact) -> tuple[FileChange, Problem | None]:
     change = FileChange(
         path=entry.path,
@@ -235,6 +250,8 @@ def _removal(entry: RecordEntry, fact: FileFact) -> tuple[FileChange, Problem | 
         worker=entry.worker,
         old_content=fact.content,
     )
+    if fact.is_other or (fact.exists and not fact.is_link and fact.content is None):
+        return attrs.evolve(change, change=Change.KEEP), _not_a_text_file(entry.path)
     if not fact.exists:
         return attrs.evolve(
             change, change=Change.FORGET, reason="already gone; dropping it from the record"

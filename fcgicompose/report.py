@@ -64,7 +64,9 @@ def plan_text(plan: Plan, style: Style = plain, verb: str = "would") -> str:
         out.append(
             style(
                 f"Plan: {counts[Change.CREATE]} to create, {counts[Change.UPDATE]} to update, "
-                f"{counts[Change.DELETE]} to delete, {counts[Change.KEEP]} unchanged; "
+                f"{counts[Change.DELETE]} to delete, {counts[Change.KEEP]} unchanged"
+                + _record_only(counts)
+                + "; "
                 f"{len(plan.actions)} runtime action{'s' if len(plan.actions) != 1 else ''}"
                 + ("" if plan.live else " (skipped)")
                 + ".",
@@ -72,6 +74,12 @@ def plan_text(plan: Plan, style: Style = plain, verb: str = "would") -> str:
             )
         )
     return "\n".join(out) + "\n"
+
+
+def _record_only(counts: dict[Change, int]) -> str:
+    """Changes to the record alone (adopted or forgotten files), when there are any."""
+    recorded = counts[Change.ADOPT] + counts[Change.FORGET]
+    return f", {recorded} to record" if recorded else ""
 
 
 def _diff_color(line: str) -> str:

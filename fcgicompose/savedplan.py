@@ -37,7 +37,7 @@ def fingerprint(fact: FileFact) -> str:
 def _inputs(plan: Plan, root: Path, spec_path: Path) -> dict[str, Any]:
     _, record_sha = read_record(root)
     return {
-        "spec_path": str(spec_path),
+        "spec_path": str(spec_path.resolve()),
         "spec_sha256": hashlib.sha256(spec_path.read_bytes()).hexdigest(),
         "record_sha256": record_sha,
         "files": {f.path: fingerprint(read_fact(root, f.path)) for f in plan.files},
@@ -75,11 +75,13 @@ def _change_json(change: FileChange) -> dict[str, Any]:
 
 
 def is_saved_plan(path: Path) -> bool:
+    """A JSON object naming our format; a TOML spec can never start with "{"."""
     try:
         with path.open("rb") as handle:
-            return MAGIC.encode() in handle.read(200)
+            head = handle.read(200)
     except OSError:
         return False
+    return head.lstrip().startswith(b"{") and MAGIC.encode() in head
 
 
 def loads(text: str, file: str) -> tuple[Plan, dict[str, Any]]:
@@ -107,6 +109,7 @@ def loads(text: str, file: str) -> tuple[Plan, dict[str, Any]]:
             drift=tuple(P(**p) for p in raw["drift"]),
             generation=raw["generation"],
             spec_text=raw["spec_text"],
+            accounts=tuple(raw["accounts"]),
         )  # fmt: skip
         return plan, data["inputs"]
     except (ValueError, KeyError, TypeError) as error:

@@ -19,6 +19,7 @@ import attrs
 
 from fcgicompose import names
 from fcgicompose.errors import Problem, StateError
+from fcgicompose.graph import Kind
 
 RECORD_FORMAT = 1
 RECORD_NAME = "state.json"
@@ -85,6 +86,7 @@ class Record:
     # What produced the files: equal values mean the same files, so plan can skip compiling.
     spec_sha256: str = ""
     tool_version: str = ""
+    accounts: tuple[str, ...] = ()  # what the files need on the target, checked by quick plans
 
     def to_json(self) -> str:
         data = {
@@ -93,6 +95,7 @@ class Record:
             "spec": self.spec,
             "spec_sha256": self.spec_sha256,
             "tool_version": self.tool_version,
+            "accounts": list(self.accounts),
             "files": {path: entry.to_json() for path, entry in sorted(self.entries.items())},
         }
         # One line: thousands of entries, and indent= would make json use its slow encoder.
@@ -107,7 +110,7 @@ class Record:
             entries = {
                 path: RecordEntry(
                     path=path,
-                    kind=str(fields["kind"]),
+                    kind=Kind(fields["kind"]).value,
                     sha256=str(fields.get("sha256", "")),
                     link_target=str(fields.get("link_target", "")),
                     apps=tuple(fields.get("apps", ())),
@@ -121,6 +124,7 @@ class Record:
                 entries,
                 str(data.get("spec_sha256", "")),
                 str(data.get("tool_version", "")),
+                tuple(str(a) for a in data.get("accounts", ())),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise StateError(

@@ -32,21 +32,39 @@ def plan_for(spec: Spec, root: Path) -> Plan:
         facts=facts,
         record=record,
         spec_text=spec.text,
+        accounts=needed_accounts(spec),
     )
 
 
-def unchanged_plan(spec_text: str, root: Path) -> Plan | None:
+def needed_accounts(spec: Spec) -> tuple[str, ...]:
+    """The users and groups the generated units name, as "user:NAME" and "group:NAME"."""
+    needed = {f"group:{spec.nginx.socket_group}"}
+    for app in spec.apps.values():
+        needed.add(f"user:{app.user}")
+        if app.group:
+            needed.add(f"group:{app.group}")
+    return tuple(sorted(needed))
+
+
+def unchanged_plan(spec_text: str, spec_name: str, root: Path) -> Plan | None:
     """ "No changes", decided without compiling, when that is certain; else None.
 
-    Certain when the spec text and the fcgicompose version are those of the last apply (the
-    same inputs render the same files) and every recorded file is still as written. This is
+    Certain when the spec (text and file name, which the headers quote) and the fcgicompose
+    version are those of the last apply — the same inputs render the same files — every
+    recorded file is still as written, and the accounts the units name still exist. This is
     what keeps a no-op plan near the cost of reading and hashing the installed files.
     """
     record, _ = read_record(root)
-    if not record.spec_sha256 or record.tool_version != __version__:
+    if not record.spec_sha256 or record.tool_version != __version__ or record.spec != spec_name:
         return None
     if sha256_text(spec_text) != record.spec_sha256:
         return None
+    accounts = read_accounts(root)
+    if accounts is not None:
+        users, groups = accounts
+        present = {f"user:{u}" for u in users} | {f"group:{g}" for g in groups}
+        if not set(record.accounts) <= present:
+            return None  # the full plan names what is missing
     facts = read_facts(root, record.entries)
     if not all(entry.matches(facts[path]) for path, entry in record.entries.items()):
         return None  # drift: the full plan explains it
@@ -73,6 +91,7 @@ def unchanged_plan(spec_text: str, root: Path) -> Plan | None:
         drift=(),
         generation=record.generation,
         spec_text=spec_text,
+        accounts=record.accounts,
     )
 
 
@@ -94,7 +113,7 @@ def plan_spec_file(
             text = spec_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             text = None  # load_spec reports it properly
-        fast = unchanged_plan(text, root) if text is not None else None
+        fast = unchanged_plan(text, spec_path.name, root) if text is not None else None
         if fast is not None:
             if timings is not None:
                 timings.update(load=0.0, plan_for=time.perf_counter() - started)

@@ -12,9 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from bench import ansible_side, gen
+from bench import gen
 from bench.run import OPS, main, report
 
 
@@ -69,14 +67,3 @@ def test_changed_variant_changes_exactly_ten_percent() -> None:
         assert len(changed) == n // 10 == len(set(changed))
         same, variant = gen.spec_text(n), gen.spec_text(n, changed)
         assert same != variant and same == gen.spec_text(n)
-
-
-@pytest.mark.skipif(not ansible_side.installed(), reason="bench/.venv-ansible not installed")
-def test_ansible_templates_render_what_fcgicompose_writes(tmp_path: Path) -> None:
-    results = _smoke(tmp_path, "--ansible", "auto")
-
-    assert results["problems"] == []
-    ansible = results["ansible"][10]
-    assert ansible["exit"] == 0 and ansible["failed"] == 0
-    assert ansible["changed"] == 0  # --check --diff against fcgicompose's files: identical
-    assert ansible["seconds"] > 0

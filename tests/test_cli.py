@@ -202,6 +202,7 @@ def test_internal_errors_are_short_and_point_to_details(
     assert first.startswith("internal error: RuntimeError: boom (details: ")
     details = Path(first.split("(details: ")[1].rstrip(")"))
     assert "Traceback" in details.read_text() and "Traceback" not in result.output
+    details.unlink()
     debug = CliRunner().invoke(main, ["--debug", "plan", str(MULTI), "--root", str(tmp_path)])
     assert "Traceback" in debug.output
 
@@ -229,3 +230,21 @@ def test_unchanged_spec_is_planned_without_compiling_but_drift_still_shows(tmp_p
     record.write_text(record.read_text().replace('"tool_version":"', '"tool_version":"0.0.0-'))
     other = json.loads(cli("plan", str(MULTI), "--root", str(tmp_path), "--json").stdout)
     assert other["changes"] is False and other["notes"] == []
+
+
+def test_quick_plan_steps_aside_for_a_renamed_spec_or_a_missing_account(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    passwd = root / "etc/passwd"
+    passwd.parent.mkdir(parents=True)
+    passwd.write_text("www-data:x:33:33::/:/bin/false\nrt:x:100:100::/:/bin/false\n")
+    (root / "etc/group").write_text("www-data:x:33:\nrt:x:100:\nwiki:x:101:\n")
+    passwd.write_text(passwd.read_text() + "wiki:x:101:101::/:/bin/false\n")
+    assert cli("apply", str(MULTI), "--root", str(root), "--auto-approve").returncode == 0
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(MULTI.read_text())
+    plan = cli("plan", str(renamed), "--root", str(root), "--detailed-exitcode")
+    assert plan.returncode == 2  # the headers name the spec file: every file changes
+    passwd.write_text(passwd.read_text().replace("wiki:x:101:101::/:/bin/false\n", ""))
+    plan = cli("plan", str(MULTI), "--root", str(root), "--detailed-exitcode")
+    assert plan.returncode == 0
+    assert "warning: " in plan.stderr and "user 'wiki' does not exist on the target" in plan.stderr
