@@ -451,14 +451,14 @@ def _carry_out(
 
     if not as_json:
         state.echo(report.plan_text(the_plan, state.style), nl=False)
+    if the_plan.blockers:
+        raise FcgiComposeError(the_plan.blockers)
     if not the_plan.has_changes:
         if as_json:
             state.echo(
                 report.dumps({"plan": report.plan_json(the_plan), "outcome": None}), nl=False
             )
         return
-    if the_plan.blockers:
-        raise FcgiComposeError(the_plan.blockers)
     if not auto_approve:
         if not sys.stdin.isatty():
             raise FcgiComposeError(

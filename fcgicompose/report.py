@@ -58,7 +58,16 @@ def plan_text(plan: Plan, style: Style = plain, verb: str = "would") -> str:
         out += ["", "No action needed:"] + [f"  {note}" for note in plan.notes]
     counts = plan.counts()
     out.append("")
-    if not plan.has_changes:
+    if plan.blockers:
+        count = len(plan.blockers)
+        out.append(
+            style(
+                f"Blocked: {count} path{'s' if count != 1 else ''} above must be "
+                "cleared by hand first; nothing will be applied.",
+                "red",
+            )
+        )
+    elif not plan.has_changes:
         out.append(style("No changes. The installed files match the spec.", "green"))
     else:
         out.append(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import posixpath
 import re
 import types
@@ -27,9 +28,18 @@ NO_VALUE: Mapping[str, str] = types.MappingProxyType({})
 # Where nginx or a hardened service may not see a socket (PrivateTmp=, ProtectHome=).
 HIDDEN_SOCKET_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/home", "/root")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# systemd's UTF-8 check refuses Unicode noncharacters ("String is not UTF-8 clean") and then
+# ignores the whole assignment, e.g. Description= or ExecStart=.
+_NONCHARACTER = re.compile(
+    "[\ufdd0-\ufdef"
+    + "".join(f"{chr(p + 0xFFFE)}{chr(p + 0xFFFF)}" for p in range(0, 0x110000, 0x10000))
+    + "]"
+)
+NAME_MAX = 255  # bytes in one path component
+PATH_MAX = 4095  # bytes in a path, without the terminating NUL
 _SAFE_PATH = r"/(?:[A-Za-z0-9._/@+,=%~-]|\{worker\})*"
 _NAME = r"[a-z][a-z0-9_-]{0,47}"
-_ACCOUNT = r"[a-z_][a-z0-9_-]{0,31}"
+_ACCOUNT = r"[a-z_][a-z0-9_-]{0,30}"  # systemd's strict rule: at most 31 characters
 
 
 class Activation(StrEnum):
@@ -72,6 +82,20 @@ def _no_control(value: str) -> tuple[str, str] | None:
     if _CONTROL.search(value):
         char = _CONTROL.search(value).group(0)  # type: ignore[union-attr]
         return (f"contains the control character {char!r}", "use plain printable text")
+    if _NONCHARACTER.search(value):
+        code = ord(_NONCHARACTER.search(value).group(0))  # type: ignore[union-attr]
+        return (
+            f"contains the Unicode noncharacter U+{code:04X}, which systemd refuses",
+            "remove it",
+        )
+    return None
+
+
+def _path_lengths(value: str) -> tuple[str, str] | None:
+    if len(value.encode()) > PATH_MAX:
+        return (f"path longer than {PATH_MAX} bytes", "use a shorter path")
+    if any(len(part.encode()) > NAME_MAX for part in value.split("/")):
+        return (f"a path component is longer than {NAME_MAX} bytes", "use shorter names")
     return None
 
 
@@ -81,7 +105,68 @@ def _absolute_path(value: str) -> tuple[str, str] | None:
     trimmed = value.rstrip("/") or "/"  # a trailing slash is meaningful for nginx aliases
     if posixpath.normpath(trimmed) != trimmed:
         return ("must be a normalized path", f"write {posixpath.normpath(trimmed)!r}")
-    return _no_control(value)
+    return _path_lengths(value) or _no_control(value)
+
+
+def _unquoted_unit_value(value: str) -> tuple[str, str] | None:
+    """Values written into a unit without quotes (Description=, WorkingDirectory=)."""
+    if value != value.strip(" \t"):
+        return (
+            "starts or ends with whitespace, which systemd strips from unit values",
+            "remove the surrounding whitespace",
+        )
+    if value.endswith("\\"):
+        return (
+            "ends with a backslash, which makes systemd join the next unit line to this one",
+            "remove the trailing backslash",
+        )
+    return None
+
+
+def _runtime_directory(value: str) -> tuple[str, str] | None:
+    parts = value.split("/")
+    if "." in parts or ".." in parts:
+        return ("must not contain . or .. components", "name the directory plainly, e.g. rt")
+    if parts[0] == "private":
+        return ("systemd reserves 'private' for itself", "use another name")
+    return _path_lengths(value)
+
+
+_SIZE_FACTORS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _memory_size(value: str) -> tuple[str, str] | None:
+    if value == "infinity":
+        return None
+    size = int(value.rstrip("KMGT")) * _SIZE_FACTORS[value.lstrip("0123456789")]
+    if not 1 <= size < 2**64 - 1:  # systemd ignores MemoryMax= of 0 and of UINT64_MAX or more
+        return ("out of range: systemd would ignore it", "use a size such as 512M, or infinity")
+    return None
+
+
+# nginx's default server_names_hash_bucket_size (64, Debian does not raise it) holds names of
+# up to 46 characters; a longer one fails `nginx -t` once two server blocks share a port, as
+# they do with Debian's default site on port 80.
+MAX_SERVER_NAME = 46
+
+
+def _server_name_length(value: str) -> tuple[str, str] | None:
+    if len(value) > MAX_SERVER_NAME:
+        return (
+            f"longer than {MAX_SERVER_NAME} characters: nginx's default "
+            "server_names_hash_bucket_size cannot hold it",
+            "use a shorter name, or an alias such as *.example.org",
+        )
+    return None
+
+
+def _not_nobody(value: str) -> tuple[str, str] | None:
+    if value == "nobody":
+        return (
+            "systemd warns that running as nobody is not safe (every nobody process shares it)",
+            "create a system account for the app",
+        )
+    return None
 
 
 def _socket_location(value: str) -> tuple[str, str] | None:
@@ -114,6 +199,15 @@ def _executable(argv: tuple[str, ...]) -> tuple[str, str] | None:
         return ("must name the program to run", 'e.g. ["/usr/sbin/fcgiwrap"]')
     if not argv[0].startswith("/"):
         return ("program must be an absolute path", f"e.g. /usr/bin/{argv[0]}")
+    if argv[0].endswith("/"):
+        return ("program path names a directory", "name the program file")
+    if posixpath.normpath(argv[0]) != argv[0]:
+        return ("program must be a normalized path", f"write {posixpath.normpath(argv[0])!r}")
+    if re.search(r"[\"'\\\t]", argv[0]):
+        # systemd's string_is_safe(): "Executable name contains special characters".
+        return ("systemd refuses a program path with quotes, backslashes or tabs", "rename it")
+    if _path_lengths(argv[0]):
+        return _path_lengths(argv[0])
     if posixpath.basename(argv[0]) == "spawn-fcgi":
         return (
             "spawn-fcgi forks workers and never relaunches a dead one",
@@ -146,6 +240,8 @@ def _no_nginx_variable(value: str) -> tuple[str, str] | None:
 def _location_prefix(value: str) -> tuple[str, str] | None:
     if ".." in value.split("/"):
         return ("must not contain '..'", "write the plain prefix")
+    if "." in value.split("/"):  # nginx normalizes /./ out of every URI: it would never match
+        return ("must not contain '.' as a component", "write the plain prefix")
     return None
 
 
@@ -161,8 +257,10 @@ class Route:
     server_name: tuple[str, ...] = setting(
         "Host names of the nginx server block; `_` matches any.",
         ("_",),
-        pattern=r"_|(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(\.\*)?",
+        # One wildcard at most, first or last: nginx refuses "*.example.*".
+        pattern=r"_|(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.\*",
         pattern_hint="a host name such as rt.example.org, *.example.org or _",
+        checks=(_server_name_length,),
         example=["rt.example.org"],
     )
     listen: tuple[int, ...] = setting(
@@ -179,7 +277,8 @@ class Route:
     static: Mapping[str, str] = setting(
         "URL prefix -> directory served directly by nginx (alias).",
         NO_VALUE,
-        pattern=r"(/[A-Za-z0-9._~-]+)+/?",
+        # No . or .. component: nginx normalizes them out of every URI, it would never match.
+        pattern=r"(/([A-Za-z0-9_~-]|\.[A-Za-z0-9_~-]|\.\.[A-Za-z0-9._~-])[A-Za-z0-9._~-]*)+/?",
         pattern_hint='a URL prefix such as "/rt/static/"',
         checks=(_absolute_path, _location_prefix, _no_nginx_variable),
         example={"/rt/NoAuth/images/": "/usr/share/request-tracker5/html/NoAuth/images/"},
@@ -224,7 +323,9 @@ class App:
         checks=(_executable,),
         example=["/usr/sbin/fcgiwrap"],
     )
-    description: str = setting("Human description, used in unit Description=.", "")
+    description: str = setting(
+        "Human description, used in unit Description=.", "", checks=(_unquoted_unit_value,)
+    )
     activation: Activation = setting(
         '"fd0": classic FastCGI, socket on stdin; "listen-fds": sd_listen_fds(), fd 3.',
         Activation.FD0,
@@ -253,6 +354,7 @@ class App:
         "",
         pattern=_ACCOUNT,
         pattern_hint="a system user name",
+        checks=(_not_nobody,),
         inheritable=True,
     )
     group: str = setting(
@@ -263,7 +365,10 @@ class App:
         inheritable=True,
     )
     working_directory: str = setting(
-        "Working directory of the workers.", "/", checks=(_absolute_path,), inheritable=True
+        "Working directory of the workers.",
+        "/",
+        checks=(_absolute_path, _unquoted_unit_value),
+        inheritable=True,
     )
     environment: Mapping[str, str] = setting(
         "Environment variables; [defaults] and app values are merged.",
@@ -278,6 +383,7 @@ class App:
         "",
         pattern=r"([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?",
         pattern_hint="a relative name such as rt",
+        checks=(_runtime_directory,),
     )
     restart_sec: int = setting(
         "Seconds before a crashed worker is restarted.",
@@ -305,6 +411,7 @@ class App:
         "",
         pattern=r"([0-9]+[KMGT]?|infinity)?",
         pattern_hint="bytes with an optional K, M, G or T suffix",
+        checks=(_memory_size,),
         inheritable=True,
     )
     tasks_max: int = setting(
@@ -474,7 +581,8 @@ def format_key(key: Key) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            shown = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else f'"{part}"'
+            # A quoted key as TOML writes it, escapes included: a problem is one line.
+            shown = part if re.fullmatch(r"[A-Za-z0-9_-]+", part) else json.dumps(part)
             text += f".{shown}" if text else shown
     return text
 
@@ -503,7 +611,7 @@ class _Builder:
         version = raw.get("version")
         if version is None:
             self.problem(("version",), "missing", f"add `version = {SPEC_VERSION}` at the top")
-        elif version != SPEC_VERSION:
+        elif type(version) is not int or version != SPEC_VERSION:  # not 1.0, not true
             self.problem(
                 ("version",),
                 f"unsupported spec version {version!r}",
@@ -606,11 +714,14 @@ class _Builder:
                     )
                     break
         routed = {name: app.route for name, app in apps.items() if app.route is not None}
+        self.nginx_names(routed, nginx)
         site_of_pair: dict[tuple[str, int], tuple[str, Route]] = {}
         mounts: dict[tuple[tuple[str, ...], tuple[int, ...], str], str] = {}
         for name, route in routed.items():
             for pair in ((s, p) for s in route.server_name for p in route.listen):
-                other_name, other = site_of_pair.setdefault(pair, (name, route))
+                # nginx compares server names without regard to case.
+                key = (pair[0].lower(), pair[1])
+                other_name, other = site_of_pair.setdefault(key, (name, route))
                 if other.site != route.site:
                     self.problem(
                         ("apps", name, "route", "server_name"),
@@ -627,8 +738,16 @@ class _Builder:
                     f"path {route.path} on this server is already app {other_name!r}'s",
                     "mount the app at another path or server_name",
                 )
+        static_owner: dict[tuple[tuple[str, ...], tuple[int, ...], str], str] = {}
         for name, route in routed.items():
             for location in route.static:
+                owner = static_owner.setdefault((*route.site, location), name)
+                if owner != name:
+                    self.problem(
+                        ("apps", name, "route", "static", location),
+                        f"static location {location} on this server is already app {owner!r}'s",
+                        "nginx refuses a duplicate location; serve it from one app",
+                    )
                 for mounted_name, mounted in routed.items():
                     if mounted.site != route.site:
                         continue
@@ -645,6 +764,31 @@ class _Builder:
                         "location and directory must both end with / or both not",
                         "a mismatch lets requests escape the directory (nginx alias traversal)",
                     )
+
+    def nginx_names(self, routed: Mapping[str, Route], nginx: Nginx) -> None:
+        """Apps whose nginx upstream or server blocks would get the same name or file."""
+        from fcgicompose import names  # names imports this module
+
+        upstream_owner: dict[str, str] = {}
+        site_file: dict[str, tuple[str, Route]] = {}
+        for name, route in routed.items():
+            upstream = names.upstream_name(name)
+            owner = upstream_owner.setdefault(upstream, name)
+            if owner != name:
+                self.problem(
+                    ("apps", name),
+                    f"app {owner!r} has the same nginx upstream name {upstream}",
+                    "app names must differ in more than - versus _",
+                )
+            path = names.site_path(nginx, route)
+            other_name, other = site_file.setdefault(path, (name, route))
+            if other.site != route.site:
+                self.problem(
+                    ("apps", name, "route", "server_name"),
+                    f"server block would be written to {path}, like app {other_name!r}'s "
+                    "different one",
+                    "use another first server_name or listen port",
+                )
 
     # -- generic pieces ------------------------------------------------------------------
 
@@ -718,6 +862,13 @@ class _Builder:
                 return INVALID
             if not items and field.name in ("server_name", "listen"):
                 self.problem(key, "must not be empty")
+                return INVALID
+            if field.name == "listen" and len(set(items)) != len(items):
+                self.problem(key, "lists a port twice", "nginx refuses a duplicate listen")
+                return INVALID
+            if field.name == "server_name" and len({i.lower() for i in items}) != len(items):
+                # nginx compares host names without regard to case, and ignores the repeat.
+                self.problem(key, "lists a host name twice", "nginx ignores the second one")
                 return INVALID
             value = tuple(items)
             return self.checked(value, key, rule, "whole")

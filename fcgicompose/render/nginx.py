@@ -39,7 +39,8 @@ _BASE_PARAMS = (
 
 def quote(value: str) -> str:
     """A user's value as one nginx token that cannot end the directive or open a block."""
-    if "$" in value or re.search(r"[\x00-\x1f\x7f]", value):
+    # A tab is fine inside quotes; line breaks and other controls are refused by the spec.
+    if "$" in value or re.search(r"[\x00-\x08\x0a-\x1f\x7f]", value):
         # The spec loader rejects these; nginx has no escape for '$'.
         raise ValueError(f"value {value!r} cannot be written safely into nginx config")
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

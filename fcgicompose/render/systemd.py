@@ -29,6 +29,18 @@ def program_word(path: str) -> str:
     return _c_quote(escape_specifiers(path))
 
 
+def exec_start(argv: tuple[str, ...]) -> str:
+    """The ExecStart= value running argv exactly.
+
+    systemd expands $ in argv[0] but not in the program path, so one word cannot say both
+    when the path has a $: then the path is given with the @ prefix and argv[0] after it.
+    """
+    words = [exec_word(word) for word in argv[1:]]
+    if "$" in argv[0]:
+        return " ".join(["@" + program_word(argv[0]), exec_word(argv[0]), *words])
+    return " ".join([program_word(argv[0]), *words])
+
+
 def environment_assignment(name: str, value: str) -> str:
     """One Environment= assignment, quoted as a whole ($ is not expanded there)."""
     _reject_line_breaks(value)
@@ -74,8 +86,7 @@ def render_service(app: App, source: str) -> str:
     socket = f"{names.unit_prefix(app)}@%i.socket"
     service: list[str] = [
         "Type=simple",
-        "ExecStart="
-        + " ".join([program_word(app.command[0])] + [exec_word(w) for w in app.command[1:]]),
+        "ExecStart=" + exec_start(app.command),
     ]
     if app.activation is Activation.FD0:
         service.append("StandardInput=socket")

@@ -1,0 +1,115 @@
+"""What a production root can throw at fcgicompose: odd file types, garbage state, symlinks out,
+and refusals that must leave no trace. Each answer is one clean line and the right exit code."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tests.conftest import PROJECT
+from tests.test_cli import cli, tree
+
+MULTI = PROJECT / "samples" / "multi.toml"
+UPSTREAM = "etc/nginx/conf.d/fcgicompose-upstream-rt.conf"
+
+
+def applied(root: Path) -> None:
+    result = cli("apply", str(MULTI), "--root", str(root), "--auto-approve")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_directory_where_a_managed_file_was_is_never_touched(tmp_path: Path) -> None:
+    applied(tmp_path)
+    (tmp_path / UPSTREAM).unlink()
+    (tmp_path / UPSTREAM).mkdir()
+    for flags in ((), ("--force",)):
+        result = cli("apply", str(MULTI), "--root", str(tmp_path), "--auto-approve", *flags)
+        assert result.returncode == 1, result.stderr
+        assert f"/{UPSTREAM}: is now a directory, device or binary file" in result.stderr
+    assert (tmp_path / UPSTREAM).is_dir()
+    assert not (tmp_path / "var/lib/fcgicompose/journal.json").exists()
+
+
+def test_an_unreadable_journal_is_a_clear_error_not_a_crash(tmp_path: Path) -> None:
+    applied(tmp_path)
+    journal = tmp_path / "var/lib/fcgicompose/journal.json"
+    before = tree(tmp_path)
+    for garbage in ("{}", "[]", json.dumps({"paths": [{"path": "/x"}], "old_record": None})):
+        journal.write_text(garbage)
+        result = cli("recover", "--root", str(tmp_path))
+        assert result.returncode == 1
+        assert "the journal of an interrupted apply is unreadable" in result.stderr
+        assert "Traceback" not in result.stderr
+    journal.unlink()
+    assert tree(tmp_path) == before
+
+
+def test_a_bogus_record_is_a_clear_error(tmp_path: Path) -> None:
+    applied(tmp_path)
+    record = tmp_path / "var/lib/fcgicompose/state.json"
+    record.write_text(record.read_text().replace('"kind":"nginx-site"', '"kind":"bogus"', 1))
+    result = cli("plan", str(MULTI), "--root", str(tmp_path))
+    assert result.returncode == 1
+    assert "unreadable fcgicompose record: 'bogus' is not a valid Kind" in result.stderr
+
+
+def test_refused_applies_leave_no_trace(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    refused = cli("apply", str(MULTI), "--root", str(root))  # no terminal, no --auto-approve
+    assert refused.returncode == 1 and not root.exists()
+    rollback = cli("rollback", "--root", str(root), "--auto-approve")
+    assert rollback.returncode == 1 and not root.exists()
+
+
+def test_a_state_dir_symlinked_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    outside.mkdir()
+    (root / "var/lib").mkdir(parents=True)
+    (root / "var/lib/fcgicompose").symlink_to(outside)
+    result = cli("apply", str(MULTI), "--root", str(root), "--auto-approve")
+    assert result.returncode == 1
+    assert "leads outside" in result.stderr
+    assert list(outside.iterdir()) == []
+    assert not (root / "etc").exists()
+
+
+def test_usage_errors_exit_1_not_2(tmp_path: Path) -> None:
+    for args in (("plan", "--bogus"), ("plan", str(MULTI), "--root", str(MULTI)), ("nope",)):
+        result = cli(*args)
+        assert result.returncode == 1, args
+        assert "Traceback" not in result.stderr
+
+
+def test_plan_out_is_private_and_never_the_spec(tmp_path: Path) -> None:
+    saved = tmp_path / "p.plan"
+    saved.write_text("old")
+    os.chmod(saved, 0o644)
+    assert (
+        cli("plan", str(MULTI), "--root", str(tmp_path / "r"), "--out", str(saved)).returncode == 0
+    )
+    assert oct(saved.stat().st_mode & 0o777) == "0o600"
+    spec = tmp_path / "s.toml"
+    spec.write_text(MULTI.read_text())
+    same = cli("plan", str(spec), "--root", str(tmp_path / "r"), "--out", str(spec))
+    assert same.returncode == 1 and "is the spec itself" in same.stderr
+    assert spec.read_text() == MULTI.read_text()
+
+
+def test_a_spec_mentioning_the_plan_format_is_still_a_spec(tmp_path: Path) -> None:
+    spec = tmp_path / "s.toml"
+    spec.write_text("# see fcgicompose-plan files\n" + MULTI.read_text())
+    result = cli("apply", str(spec), "--root", str(tmp_path / "r"), "--auto-approve")
+    assert result.returncode == 0, result.stderr
+
+
+def test_saved_plans_are_checked_against_the_accounts_of_the_target(tmp_path: Path) -> None:
+    root, saved = tmp_path / "root", tmp_path / "p.plan"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    assert cli("plan", str(MULTI), "--root", str(root), "--out", str(saved)).returncode == 0
+    result = cli("apply", str(saved), "--root", str(root))
+    assert result.returncode == 1
+    assert "user 'rt' does not exist on the target" in result.stderr
+    assert not (root / "etc/systemd").exists()
