@@ -231,6 +231,70 @@ def _executable(argv: tuple[str, ...]) -> tuple[str, str] | None:
     return None
 
 
+# What systemd 252's RestrictAddressFamilies= knows (af_from_name); it ignores others.
+ADDRESS_FAMILIES = frozenset(
+    (
+        "AF_UNIX",
+        "AF_LOCAL",
+        "AF_INET",
+        "AF_INET6",
+        "AF_NETLINK",
+        "AF_PACKET",
+        "AF_AX25",
+        "AF_IPX",
+        "AF_APPLETALK",
+        "AF_NETROM",
+        "AF_BRIDGE",
+        "AF_ATMPVC",
+        "AF_X25",
+        "AF_ROSE",
+        "AF_DECnet",
+        "AF_NETBEUI",
+        "AF_SECURITY",
+        "AF_KEY",
+        "AF_ROUTE",
+        "AF_ASH",
+        "AF_ECONET",
+        "AF_ATMSVC",
+        "AF_RDS",
+        "AF_SNA",
+        "AF_IRDA",
+        "AF_PPPOX",
+        "AF_WANPIPE",
+        "AF_LLC",
+        "AF_IB",
+        "AF_MPLS",
+        "AF_CAN",
+        "AF_TIPC",
+        "AF_BLUETOOTH",
+        "AF_IUCV",
+        "AF_RXRPC",
+        "AF_ISDN",
+        "AF_PHONET",
+        "AF_IEEE802154",
+        "AF_CAIF",
+        "AF_ALG",
+        "AF_NFC",
+        "AF_VSOCK",
+        "AF_KCM",
+        "AF_QIPCRTR",
+        "AF_SMC",
+        "AF_XDP",
+        "AF_MCTP",
+    )
+)
+
+
+def _address_family(value: str) -> tuple[str, str] | None:
+    if value not in ADDRESS_FAMILIES:
+        close = difflib.get_close_matches(value, sorted(ADDRESS_FAMILIES), n=1)
+        return (
+            "not an address family systemd knows",
+            f"did you mean {close[0]}?" if close else "e.g. AF_UNIX, AF_INET, AF_INET6",
+        )
+    return None
+
+
 def _no_nginx_variable(value: str) -> tuple[str, str] | None:
     if "$" in value:
         return ("'$' would be read by nginx as a variable", "nginx cannot escape '$'; remove it")
@@ -428,10 +492,52 @@ class App:
         maximum=1048576,
         inheritable=True,
     )
+    # Sandboxing: on by default, each switch documented in docs/spec.md with what it writes.
     no_new_privileges: bool = setting("NoNewPrivileges=.", True, inheritable=True)
     private_tmp: bool = setting("PrivateTmp=.", True, inheritable=True)
     protect_system: ProtectSystem = setting("ProtectSystem=.", ProtectSystem.FULL, inheritable=True)
     protect_home: ProtectHome = setting("ProtectHome=.", ProtectHome.YES, inheritable=True)
+    private_devices: bool = setting(
+        "PrivateDevices=: only pseudo devices such as /dev/null in /dev.", True, inheritable=True
+    )
+    protect_kernel: bool = setting(
+        "ProtectKernelTunables=, ProtectKernelModules=, ProtectKernelLogs=, "
+        "ProtectControlGroups=, ProtectClock=, ProtectHostname=.",
+        True,
+        inheritable=True,
+    )
+    protect_proc: bool = setting(
+        "ProtectProc=invisible: other users' processes are hidden in /proc.", True, inheritable=True
+    )
+    restrict_namespaces: bool = setting(
+        "RestrictNamespaces=: the workers cannot create namespaces (sandboxes, containers).",
+        True,
+        inheritable=True,
+    )
+    system_call_filter: bool = setting(
+        "SystemCallFilter=@system-service ~@privileged @resources, "
+        "SystemCallArchitectures=native, LockPersonality=, RestrictRealtime=, RestrictSUIDSGID=.",
+        True,
+        inheritable=True,
+    )
+    drop_capabilities: bool = setting(
+        "CapabilityBoundingSet= empty: no capabilities, even through setuid programs.",
+        True,
+        inheritable=True,
+    )
+    restrict_address_families: tuple[str, ...] = setting(
+        "RestrictAddressFamilies=: the socket families the workers may open; empty: any.",
+        ("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK"),
+        pattern=r"AF_[A-Za-z0-9]+",
+        pattern_hint="an address family such as AF_UNIX or AF_INET",
+        checks=(_address_family,),
+        inheritable=True,
+    )
+    memory_deny_write_execute: bool = setting(
+        "MemoryDenyWriteExecute=; off by default because it breaks JIT compilers.",
+        False,
+        inheritable=True,
+    )
     route: Route | None = setting("How nginx routes to the app; none: not routed.", None)
 
     def socket_path(self, worker: int) -> str:

@@ -296,7 +296,17 @@ class Gen:
         ):
             if self.chance(0.08):
                 app[key] = self.integer(low, high)
-        for key in ("no_new_privileges", "private_tmp"):
+        for key in (
+            "no_new_privileges",
+            "private_tmp",
+            "private_devices",
+            "protect_kernel",
+            "protect_proc",
+            "restrict_namespaces",
+            "system_call_filter",
+            "drop_capabilities",
+            "memory_deny_write_execute",
+        ):
             if self.chance(0.08):
                 app[key] = self.pick(True, False)
         if self.chance(0.08):
@@ -305,6 +315,12 @@ class Gen:
             app["protect_home"] = self.pick("no", "yes", "read-only", "tmpfs")
         if self.odd(0.05):
             app[self.pick("protect_system", "protect_home")] = self.pick("maybe", "ro")
+        if self.chance(0.08):
+            app["restrict_address_families"] = self.pick(
+                [], ["AF_UNIX"], ["AF_UNIX", "AF_INET", "AF_INET6"], ["AF_DECnet", "AF_VSOCK"]
+            )
+        if self.odd(0.03):
+            app["restrict_address_families"] = self.pick(["AF_UNIXX"], ["af_unix"], "AF_UNIX")
         if self.chance(0.7):
             app["route"] = self.route()
         return app

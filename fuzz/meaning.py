@@ -81,7 +81,8 @@ SOCKET_KEYS = {("Unit", "Description"), ("Install", "WantedBy")} | {
         "RemoveOnStop",
     )
 }
-REPEATABLE = {("Service", "Environment")}
+# Keys whose lines add up instead of replacing each other (an allow list, then a deny list).
+REPEATABLE = {("Service", "Environment"), ("Service", "SystemCallFilter")}
 
 UPSTREAM_DIRECTIVES = {"server", "least_conn", "ip_hash", "keepalive"}
 LOCATION_DIRECTIVES = {

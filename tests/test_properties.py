@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import tomlkit
 from hypothesis import HealthCheck, assume, event, example, given, settings
@@ -27,7 +28,7 @@ from hypothesis import strategies as st
 
 from fcgicompose.errors import SpecError
 from fcgicompose.graph import build_graph, ordered
-from fcgicompose.spec import Spec, parse_spec
+from fcgicompose.spec import App, Nginx, Route, Spec, parse_spec
 from fuzz import meaning
 from fuzz import reference as ref
 
@@ -271,15 +272,11 @@ def test_the_spec_file_name_cannot_add_a_line(name: str) -> None:
 
 # ----------------------------------------------------------------------------- never a traceback
 
-KNOWN_KEYS = [
-    "version", "defaults", "nginx", "apps", "command", "description", "activation", "workers",
-    "socket", "socket_mode", "user", "group", "working_directory", "environment",
-    "runtime_directory", "restart_sec", "start_limit_burst", "start_limit_interval_sec",
-    "memory_max", "tasks_max", "limit_nofile", "no_new_privileges", "private_tmp",
-    "protect_system", "protect_home", "route", "server_name", "listen", "path", "balance",
-    "static", "params", "keep_conn", "max_fails", "fail_timeout", "read_timeout", "conf_dir",
-    "accept", "type",
-]  # fmt: skip
+# Every key the models declare, the top-level tables, and hand-written-unit keys users try.
+KNOWN_KEYS = sorted(
+    {field.name for model in (App, Route, Nginx) for field in attrs.fields(model)}
+    | {"version", "defaults", "nginx", "apps", "accept", "type"}
+)
 
 scalars = st.one_of(
     texts(),

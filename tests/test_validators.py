@@ -14,6 +14,7 @@ fixed the case XPASSes, fails, and the entry must be removed.
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import pytest
 
 from fcgicompose import names
 from fcgicompose.graph import Artifact, Kind, build_graph, ordered
-from fcgicompose.spec import Spec, parse_spec
+from fcgicompose.spec import ADDRESS_FAMILIES, Spec, parse_spec
 
 TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:  # works whatever pytest import mode the project picks
@@ -106,6 +107,14 @@ no_new_privileges = false
 private_tmp = false
 protect_system = "strict"
 protect_home = "tmpfs"
+private_devices = false
+protect_kernel = false
+protect_proc = false
+restrict_namespaces = false
+system_call_filter = false
+drop_capabilities = false
+restrict_address_families = []
+memory_deny_write_execute = true
 start_limit_burst = 5
 start_limit_interval_sec = 60
 
@@ -551,3 +560,37 @@ def test_specifier_expansion() -> None:
         v.expand_instance("/run/%n.sock", "3")
     with pytest.raises(ValueError, match="dangling"):
         v.expand_instance("/run/x%", "3")
+
+
+def _with_families(unit: str, families: str) -> str:
+    return re.sub(r"(?m)^RestrictAddressFamilies=.*$", f"RestrictAddressFamilies={families}", unit)
+
+
+def test_every_accepted_address_family_is_one_systemd_parses(tmp_path: Path) -> None:
+    """The spec's list of families is systemd's: none is silently ignored in the unit."""
+    v.require_tools("systemd-analyze")
+    case = load_case("samples/rt.toml")
+    families = " ".join(sorted(ADDRESS_FAMILIES))
+    edited = [
+        Artifact(
+            a.kind,
+            a.path,
+            _with_families(a.content, families),
+            apps=a.apps,
+        )
+        if a.kind is Kind.SERVICE_UNIT
+        else a
+        for a in case.of_kind(Kind.SOCKET_UNIT, Kind.SERVICE_UNIT)
+    ]
+    assert any(families in a.content for a in edited)
+    root = verify_root(Case(case.id, case.spec, tuple(edited)), tmp_path / "root")
+    outcome = v.systemd_verify(root, case.instances)
+    assert outcome.ok, str(outcome)
+    # And the check is live: a family systemd does not know is reported.
+    bogus = [
+        Artifact(a.kind, a.path, a.content.replace(families, "AF_UNIX AF_BOGUS"), apps=a.apps)
+        for a in edited
+    ]
+    root = verify_root(Case(case.id, case.spec, tuple(bogus)), tmp_path / "bogus")
+    outcome = v.systemd_verify(root, case.instances)
+    assert any("AF_BOGUS" in line for line in outcome.complaints), str(outcome)

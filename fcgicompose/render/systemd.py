@@ -110,12 +110,7 @@ def render_service(app: App, source: str) -> str:
         service.append(f"TasksMax={app.tasks_max}")
     if app.limit_nofile:
         service.append(f"LimitNOFILE={app.limit_nofile}")
-    service += [
-        f"NoNewPrivileges={_yes_no(app.no_new_privileges)}",
-        f"PrivateTmp={_yes_no(app.private_tmp)}",
-        f"ProtectSystem={app.protect_system}",
-        f"ProtectHome={app.protect_home}",
-    ]
+    service += sandboxing(app)
     lines = [
         header("#", source, f"app {app.name}"),
         "[Unit]",
@@ -135,6 +130,49 @@ def render_service(app: App, source: str) -> str:
         f"Also={socket}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def sandboxing(app: App) -> list[str]:
+    """The service's sandbox lines, each group switched by one app setting (docs/spec.md)."""
+    lines = [
+        f"NoNewPrivileges={_yes_no(app.no_new_privileges)}",
+        f"PrivateTmp={_yes_no(app.private_tmp)}",
+        f"ProtectSystem={app.protect_system}",
+        f"ProtectHome={app.protect_home}",
+    ]
+    # A switched-off group writes nothing: systemd's default is the unsandboxed behaviour.
+    if app.private_devices:
+        lines.append("PrivateDevices=yes")
+    if app.protect_kernel:
+        lines += [
+            "ProtectKernelTunables=yes",
+            "ProtectKernelModules=yes",
+            "ProtectKernelLogs=yes",
+            "ProtectControlGroups=yes",
+            "ProtectClock=yes",
+            "ProtectHostname=yes",
+        ]
+    if app.protect_proc:
+        lines.append("ProtectProc=invisible")
+    if app.restrict_namespaces:
+        lines.append("RestrictNamespaces=yes")
+    if app.system_call_filter:
+        lines += [
+            "SystemCallFilter=@system-service",
+            "SystemCallFilter=~@privileged @resources",
+            "SystemCallErrorNumber=EPERM",
+            "SystemCallArchitectures=native",
+            "LockPersonality=yes",
+            "RestrictRealtime=yes",
+            "RestrictSUIDSGID=yes",
+        ]
+    if app.drop_capabilities:
+        lines += ["CapabilityBoundingSet=", "AmbientCapabilities="]
+    if app.restrict_address_families:
+        lines.append("RestrictAddressFamilies=" + " ".join(app.restrict_address_families))
+    if app.memory_deny_write_execute:
+        lines.append("MemoryDenyWriteExecute=yes")
+    return lines
 
 
 def _yes_no(flag: bool) -> str:

@@ -7,6 +7,7 @@ Two apps × 3 workers: the project's own FastCGI responder (classic fd 0) and De
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 
@@ -49,6 +50,9 @@ CGI_SCRIPT = """#!/bin/sh
 printf 'Content-Type: text/plain\\n\\n'
 printf 'pid=%s\\n' "$PPID"
 printf 'script_name=%s\\npath_info=%s\\n' "$SCRIPT_NAME" "$PATH_INFO"
+# The sandbox as the script (a child of the worker) sees it.
+sed -n 's/^\\(NoNewPrivs\\|Seccomp\\|CapBnd\\):[[:space:]]*/\\1=/p' /proc/self/status
+if [ -e /proc/1/status ]; then echo init_visible=yes; else echo init_visible=no; fi
 """
 
 
@@ -129,6 +133,30 @@ def test_values_reach_the_program_unchanged(applied: Container) -> None:
     assert got["activation"] == "fd0"
     status, body = applied.curl("http://localhost/cgi/x/y")
     assert fields(body)["script_name"] == "/cgi" and fields(body)["path_info"] == "/x/y"
+
+
+def test_workers_and_the_programs_they_start_run_sandboxed(applied: Container) -> None:
+    status, body = applied.curl("http://localhost/cgi/x")
+    got = fields(body)
+    assert status == 200, body
+    assert got["NoNewPrivs"] == "1", body  # no_new_privileges
+    assert got["Seccomp"] == "2", body  # system_call_filter: a seccomp filter is installed
+    assert int(got["CapBnd"], 16) == 0, body  # drop_capabilities
+    assert got["init_visible"] == "no", body  # protect_proc: root's PID 1 is hidden
+
+
+def exposure(ct: Container, unit: str) -> float:
+    out = ct.run(["systemd-analyze", "security", "--no-pager", unit]).stdout
+    found = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+    assert found, out
+    return float(found.group(1))
+
+
+def test_generated_services_are_less_exposed_than_debians_fcgiwrap(applied: Container) -> None:
+    """The booted systemd's own score: ours beats the unit Debian ships for the same job."""
+    debian = exposure(applied, "fcgiwrap.service")
+    for unit in ("fcgi-cgi@1.service", "fcgi-echo@1.service"):
+        assert exposure(applied, unit) < min(3.0, debian), unit
 
 
 def test_socket_ownership_and_mode_let_nginx_in_and_nobody_else(applied: Container) -> None:
