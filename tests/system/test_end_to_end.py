@@ -184,9 +184,22 @@ def test_a_killed_worker_is_relaunched_and_requests_keep_succeeding(applied: Con
             pytest.fail(f"{unit} did not come back after kill -9:\n{applied.journal(unit)}")
 
 
+def units_needing_daemon_reload(ct: Container) -> list[str]:
+    """Loaded fcgi-* units whose file changed on disk since systemd read it."""
+    listed = ct.run(["systemctl", "list-units", "--all", "--plain", "--no-legend", "fcgi-*"])
+    units = [line.split()[0] for line in listed.stdout.splitlines() if line.strip()]
+    assert units, "no fcgi-* units loaded"
+    return [
+        unit
+        for unit in units
+        if ct.run(["systemctl", "show", "-P", "NeedDaemonReload", unit]).stdout.strip() != "no"
+    ]
+
+
 def test_plan_after_apply_shows_no_changes(applied: Container) -> None:
     assert plan_exit_code(applied) == 0
     assert applied.failed_units() == []
+    assert units_needing_daemon_reload(applied) == []
 
 
 def test_scale_down_and_up_on_real_systemd(applied: Container) -> None:
@@ -199,6 +212,7 @@ def test_scale_down_and_up_on_real_systemd(applied: Container) -> None:
     assert not applied.exists("/etc/systemd/system/sockets.target.wants/fcgi-echo@3.socket")
     assert len(set(pids_seen(applied, "http://localhost/echo/"))) == 2
     assert plan_exit_code(applied) == 0
+    assert units_needing_daemon_reload(applied) == []
     apply(applied, workers=3)
     assert len(set(pids_seen(applied, "http://localhost/echo/"))) == 3
     assert plan_exit_code(applied) == 0
