@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -427,6 +428,13 @@ class _Runtime:
             self.run("systemctl", "reset-failed", *units, check=False)  # fails if none failed
         elif kind is ActionKind.VERIFY:
             self.verify(units)
+        elif kind is ActionKind.REMOVE_STALE_SOCKETS:
+            for path in units:
+                self.progress(
+                    f"  removing {path}"
+                    if _remove_stale_socket(path)
+                    else f"  ({path} in use or not a socket: left alone)"
+                )
 
     def reload_nginx(self, timeout: float = 15.0) -> None:
         """Reload nginx and wait (bounded) until the workers with the old config are gone.
@@ -477,6 +485,23 @@ def _wake(socket_path: str) -> None:
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(2)
         probe.connect(socket_path)
+
+
+def _remove_stale_socket(path: str) -> bool:
+    """Delete `path` if it is a socket file nobody listens on; True if it was deleted."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(2)
+            probe.connect(path)
+        return False  # someone listens there: not stale
+    except ConnectionRefusedError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return True
+    except OSError:
+        return False
 
 
 def _nginx_workers(master: int) -> set[int]:
@@ -569,7 +594,9 @@ def _roll_back(root: Path, plan: Plan, runtime: _Runtime, progress: Progress) ->
     """Put the old files back and bring the units and nginx back to how they were."""
     progress("rolling back: restoring the previous files")
     recover(root)  # the journal holds exactly the old files and record
-    attempted = {action.kind: action for action in runtime.attempted}
+    attempted: dict[ActionKind, list[str]] = {}  # a kind may come twice (moved sockets)
+    for action in runtime.attempted:
+        attempted.setdefault(action.kind, []).extend(action.units)
     if set(attempted) <= {ActionKind.NGINX_TEST}:
         return  # nothing ran on the host yet
     progress("rolling back: restoring the previous units")
@@ -578,7 +605,7 @@ def _roll_back(root: Path, plan: Plan, runtime: _Runtime, progress: Progress) ->
         services = [u.replace(".socket", ".service") for u in runtime.started]
         runtime.run("systemctl", "stop", *services, *runtime.started, check=False)
     if ActionKind.RESTART_SOCKETS in attempted:
-        for socket in attempted[ActionKind.RESTART_SOCKETS].units:
+        for socket in attempted[ActionKind.RESTART_SOCKETS]:
             runtime.run(
                 "systemctl", "stop", socket.replace(".socket", ".service"), socket, check=False
             )
@@ -586,7 +613,7 @@ def _roll_back(root: Path, plan: Plan, runtime: _Runtime, progress: Progress) ->
     if ActionKind.RESTART_SERVICES in attempted:
         # A new program may have failed (and tripped its start limit): clear that, and let
         # each socket start the old program at the next request.
-        restarted = attempted[ActionKind.RESTART_SERVICES].units
+        restarted = attempted[ActionKind.RESTART_SERVICES]
         their_sockets = [u.replace(".service", ".socket") for u in restarted]
         runtime.run("systemctl", "reset-failed", *restarted, *their_sockets, check=False)
         runtime.run("systemctl", "stop", *restarted, check=False)

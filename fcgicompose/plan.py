@@ -14,7 +14,7 @@ import attrs
 from fcgicompose import names
 from fcgicompose.errors import Problem
 from fcgicompose.graph import Artifact, Kind
-from fcgicompose.render.systemd import runtime_relevant
+from fcgicompose.render.systemd import listen_path, runtime_relevant
 from fcgicompose.settings import StrEnum
 from fcgicompose.state import FileFact, Record, RecordEntry, sha256_text
 
@@ -83,6 +83,7 @@ class ActionKind(StrEnum):
     STOP = "stop"
     RESET_FAILED = "reset-failed"
     VERIFY = "verify"
+    REMOVE_STALE_SOCKETS = "remove-stale-sockets"
 
 
 @attrs.frozen
@@ -104,6 +105,7 @@ class Action:
             ActionKind.STOP: "systemctl stop",
             ActionKind.RESET_FAILED: "systemctl reset-failed",
             ActionKind.VERIFY: "check listening and wake each worker:",
+            ActionKind.REMOVE_STALE_SOCKETS: "remove the old socket files nothing listens on:",
         }[self.kind]
         return " ".join([what, *self.units])
 
@@ -285,6 +287,7 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
             kept_workers[f.apps[0]].append(f.worker)
     restart_sockets: list[str] = []
     restart_services: list[str] = []
+    stale_paths: list[str] = []
     for unit_file in of(Kind.SOCKET_UNIT, Change.UPDATE) + of(Kind.SERVICE_UNIT, Change.UPDATE):
         app = unit_file.apps[0]
         unit = unit_file.path.rsplit("/", 1)[1]
@@ -296,6 +299,12 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
             continue
         if unit_file.kind is Kind.SOCKET_UNIT:
             restart_sockets += [names.socket_instance(app, w) for w in workers]
+            # systemd removes a stopped socket's file at the path of the unit it has loaded,
+            # which after daemon-reload is the new one: the old files are left to us.
+            for w in workers:
+                old_path = listen_path(unit_file.old_content or "", w)
+                if old_path and old_path != listen_path(unit_file.content, w):
+                    stale_paths.append(old_path)
         else:
             restart_services += [names.service_instance(app, w) for w in workers]
     # A socket restart also restarts its service; don't do that twice.
@@ -313,11 +322,30 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
     new_sockets = tuple(names.socket_instance(f.apps[0], f.worker) for f in new_links)
     if new_sockets:
         actions.append(Action(ActionKind.START, new_sockets, "new workers"))
-    if restart_sockets:
+    # Sockets that moved: nginx still routes to the old paths until it reloads, and a
+    # restarted socket's old path is gone. Restart all but the last worker of each such app,
+    # reload nginx, then the last one: at every moment some path nginx knows is listening
+    # (nginx passes a request that cannot connect on to the next worker).
+    moved = {app for f in of(Kind.NGINX_UPSTREAM, Change.UPDATE) for app in f.apps}
+    last_of_moved = {
+        names.socket_instance(app, max(kept_workers[app]))
+        for app in moved
+        if len(kept_workers.get(app, ())) > 1
+    }
+    early_sockets = [s for s in restart_sockets if s not in last_of_moved]
+    late_sockets = [s for s in restart_sockets if s in last_of_moved]
+    for app in sorted(moved):
+        if len(kept_workers.get(app, ())) == 1 and any(
+            s == names.socket_instance(app, kept_workers[app][0]) for s in restart_sockets
+        ):
+            notes.append(
+                f"{app} has one worker: while its socket restarts, its requests fail (502)"
+            )
+    if early_sockets:
         actions.append(
             Action(
                 ActionKind.RESTART_SOCKETS,
-                tuple(restart_sockets),
+                tuple(early_sockets),
                 "socket unit changed; a listening socket keeps its old settings until restarted",
             )
         )
@@ -331,6 +359,23 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
         )
     if nginx_changed:
         actions.append(Action(ActionKind.NGINX_RELOAD, reason="nginx config changed"))
+    if late_sockets:
+        actions.append(
+            Action(
+                ActionKind.RESTART_SOCKETS,
+                tuple(late_sockets),
+                "the last worker of a moved socket: only once nginx routes to the new paths",
+            )
+        )
+    if stale_paths:
+        actions.append(
+            Action(
+                ActionKind.REMOVE_STALE_SOCKETS,
+                tuple(stale_paths),
+                "the sockets moved; systemd leaves the old files behind (RemoveOnStop= "
+                "applies to the new path)",
+            )
+        )
     gone = tuple(
         unit
         for f in gone_links

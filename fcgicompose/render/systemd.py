@@ -198,3 +198,15 @@ def runtime_relevant(unit_text: str) -> str:
             continue
         kept.append(line)
     return "\n".join(kept)
+
+
+def listen_path(socket_unit_text: str, worker: int) -> str:
+    """The socket path one worker of a socket template this module wrote listens on.
+
+    The inverse of render_socket's ListenStream=: only %i and %% can appear in it.
+    """
+    for line in socket_unit_text.splitlines():
+        if line.startswith("ListenStream="):
+            value = line.removeprefix("ListenStream=")
+            return "%".join(part.replace("%i", str(worker)) for part in value.split("%%"))
+    return ""

@@ -17,6 +17,7 @@ APP = f"""
 [apps.APP]
 command = ["/usr/bin/python3", "{PROJECT_MOUNT}/tests/support/fcgi_responder.py", "--fd0"]
 workers = WORKERS
+socket = "SOCKET"
 socket_mode = "MODE"
 environment = {{ FCGI_TEST_VERSION = "VERSION" }}
 [apps.APP.route]
@@ -25,11 +26,12 @@ path = "/APP"
 """
 
 
-def spec(apps: dict[str, tuple[int, str, str]]) -> str:
+def spec(apps: dict[str, tuple[int, str, str]], socket: str = "/run/fcgicompose/APP") -> str:
     text = 'version = 1\n[defaults]\nuser = "www-data"\n'
     for name, (workers, mode, version) in apps.items():
         text += (
-            APP.replace("APP", name)
+            APP.replace("SOCKET", socket + "/{worker}.sock")
+            .replace("APP", name)
             .replace("WORKERS", str(workers))
             .replace("MODE", mode)
             .replace("VERSION", version)
@@ -94,13 +96,15 @@ def live(container: Container) -> Iterator[Container]:
     apply(container, "version = 1\n")
 
 
-def change(ct: Container, apps: dict[str, tuple[int, str, str]]) -> tuple[set[str], set[str]]:
+def change(
+    ct: Container, apps: dict[str, tuple[int, str, str]], socket: str = "/run/fcgicompose/APP"
+) -> tuple[set[str], set[str]]:
     """Apply under load; return (units restarted, units gone), asserting 0 failed requests."""
     urls = [f"http://localhost/{name}/" for name in ("alpha", "beta")]
     before = invocations(ct)
     loop = RequestLoop(ct, urls)
     time.sleep(1.0)  # the loop is running before the change starts
-    apply(ct, spec(apps))
+    apply(ct, spec(apps, socket))
     time.sleep(1.0)
     codes = loop.stop()
     after = invocations(ct)
@@ -141,6 +145,21 @@ def test_socket_mode_change_restarts_sockets_with_their_services(live: Container
         "fcgi-alpha@2.socket",
     }
     assert live.run(["stat", "-c", "%a", "/run/fcgicompose/alpha/1.sock"]).stdout.strip() == "620"
+
+
+def test_moving_the_sockets_restarts_them_without_failing_a_request(live: Container) -> None:
+    """nginx must reach a listening socket at every moment: old paths, then new ones."""
+    restarted, _ = change(live, {"alpha": (2, "0620", "2")}, socket="/run/moved/APP")
+    assert {u for u in restarted if u.endswith(".socket")} == {
+        "fcgi-alpha@1.socket",
+        "fcgi-alpha@2.socket",
+    }
+    assert live.exists("/run/moved/alpha/1.sock") and live.exists("/run/moved/alpha/2.sock")
+    assert not live.exists("/run/fcgicompose/alpha/1.sock")
+    restarted, _ = change(live, {"alpha": (2, "0620", "2")})  # and back
+    assert live.exists("/run/fcgicompose/alpha/2.sock")
+    assert not live.exists("/run/moved/alpha/1.sock")
+    assert not live.exists("/run/moved/alpha/2.sock")
 
 
 def test_adding_and_removing_an_app_leaves_the_other_alone(live: Container) -> None:
