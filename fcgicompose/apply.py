@@ -36,6 +36,23 @@ from fcgicompose.state import (
 )
 
 Progress = Callable[[str], None]
+
+
+def _never_failing(progress: Progress) -> Progress:
+    """`progress`, but a closed or full output (`apply ... | head`) cannot stop an apply."""
+    broken = False
+
+    def report(line: str) -> None:
+        nonlocal broken
+        if not broken:
+            try:
+                progress(line)
+            except OSError:
+                broken = True  # the rest of the apply goes on without a reader
+
+    return report
+
+
 LOCK_NAME = "lock"
 
 
@@ -153,6 +170,7 @@ def _write_journal(root: Path, undo: Sequence[_Undo], old_record_text: str | Non
 
 def recover(root: Path, progress: Progress = lambda line: None) -> bool:
     """Undo an interrupted apply from its journal; True if there was one. Hold the lock."""
+    progress = _never_failing(progress)
     path = journal_path(root)
     with contextlib.suppress(FileNotFoundError):
         _temp_path(path).unlink()  # a journal never finished: nothing was switched yet
@@ -535,6 +553,7 @@ def apply_plan(
     lock_timeout: float = 30.0,
 ) -> Outcome:
     """Carry out `plan` on `root`. Runtime actions run only for a live plan."""
+    progress = _never_failing(progress)
     if plan.blockers:
         raise StateError(plan.blockers)
     if plan.drift and not force:

@@ -474,8 +474,18 @@ def _carry_out(
         the_plan, root, force=force, rollback=not no_rollback, lock_timeout=lock_timeout,
         progress=lambda line: state.echo(state.style(line, "dim"), err=as_json),
     )  # fmt: skip
+    # The host has changed: a reader that went away must not turn that into a failure.
     if as_json:
         document = {"plan": report.plan_json(the_plan), "outcome": report.outcome_json(outcome)}
-        state.echo(report.dumps(document), nl=False)
+        _echo_after_the_fact(state, report.dumps(document))
     else:
-        state.echo(report.outcome_text(outcome, the_plan, state.style), nl=False)
+        _echo_after_the_fact(state, report.outcome_text(outcome, the_plan, state.style))
+
+
+def _echo_after_the_fact(state: _State, text: str) -> None:
+    """Report what was done; if stdout is gone, the exit status alone says it."""
+    try:
+        state.echo(text, nl=False)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

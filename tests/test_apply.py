@@ -165,3 +165,21 @@ with locked(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(60)
 """
+
+
+def test_a_reader_that_goes_away_cannot_stop_an_apply_half_way(tmp_path: Path) -> None:
+    """`apply | head`: progress lines fail with EPIPE after daemon-reload; apply goes on."""
+    runner = Recorder()
+    lines: list[str] = []
+
+    def progress(line: str) -> None:
+        if len(lines) >= 3:
+            raise BrokenPipeError(32, "Broken pipe")
+        lines.append(line)
+
+    outcome = apply_plan(live_plan(tmp_path), tmp_path, runner=runner, progress=progress)
+    assert outcome.generation == 1
+    assert ("systemctl", "daemon-reload") in runner.commands
+    assert any(c[:2] == ("systemctl", "try-reload-or-restart") for c in runner.commands)
+    assert not (tmp_path / "var/lib/fcgicompose/journal.json").exists()  # committed
+    assert read_record(tmp_path)[0].generation == 1

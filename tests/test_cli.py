@@ -248,3 +248,18 @@ def test_quick_plan_steps_aside_for_a_renamed_spec_or_a_missing_account(tmp_path
     plan = cli("plan", str(MULTI), "--root", str(root), "--detailed-exitcode")
     assert plan.returncode == 0
     assert "warning: " in plan.stderr and "user 'wiki' does not exist on the target" in plan.stderr
+
+
+def test_apply_into_a_closed_pipe_still_applies_everything(tmp_path: Path) -> None:
+    """The reader of stdout leaves after a few bytes; the apply is carried out in full."""
+    root = tmp_path / "root"
+    command = (
+        f"{sys.executable} -m fcgicompose apply {MULTI} --root {root} --auto-approve"
+        ' | head -c 200 >/dev/null; echo "status=${PIPESTATUS[0]}"'
+    )
+    result = subprocess.run(
+        ["bash", "-c", command], capture_output=True, text=True, cwd=PROJECT, check=False
+    )
+    assert result.stdout.strip() == "status=0", result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert cli("plan", str(MULTI), "--root", str(root), "--detailed-exitcode").returncode == 0
