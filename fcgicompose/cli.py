@@ -185,7 +185,9 @@ def validate(state: _State, spec: str) -> None:
     """Check SPEC and report every problem at once; touch nothing."""
     loaded = _load(spec)
     workers = sum(app.workers for app in loaded.apps.values())
-    state.echo(state.style(f"{spec}: valid ({len(loaded.apps)} apps, {workers} workers)", "green"))
+    apps = len(loaded.apps)
+    counts = f"{apps} app{'s' * (apps != 1)}, {workers} worker{'s' * (workers != 1)}"
+    state.echo(state.style(f"{spec}: valid ({counts})", "green"))
 
 
 @main.command()

@@ -30,6 +30,7 @@ class Rule:
     inheritable: bool = False  # may be given in [defaults]
     example: Any = None
     required: bool = False
+    empty_is_unset: bool = False  # "" is the default: it means "not set", not a value
 
 
 def setting(help: str, default: Any = attrs.NOTHING, **rule: Any) -> Any:
@@ -37,6 +38,7 @@ def setting(help: str, default: Any = attrs.NOTHING, **rule: Any) -> Any:
     required = default is attrs.NOTHING
     if isinstance(default, (dict, list)):
         raise TypeError("use an immutable default")  # a frozen model must not share one
+    rule["empty_is_unset"] = default == ""
     return attrs.field(
         default=default, metadata={"rule": Rule(help=help, required=required, **rule)}
     )

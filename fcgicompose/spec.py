@@ -26,7 +26,7 @@ MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 NO_VALUE: Mapping[str, str] = types.MappingProxyType({})
 
 # Where nginx or a hardened service may not see a socket (PrivateTmp=, ProtectHome=).
-HIDDEN_SOCKET_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/home", "/root")
+HIDDEN_SOCKET_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/home", "/root", "/run/user")
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # systemd's UTF-8 check refuses Unicode noncharacters ("String is not UTF-8 clean") and then
 # ignores the whole assignment, e.g. Description= or ExecStart=.
@@ -108,6 +108,18 @@ def _absolute_path(value: str) -> tuple[str, str] | None:
     return _path_lengths(value) or _no_control(value)
 
 
+def _config_directory(value: str) -> tuple[str, str] | None:
+    """A directory fcgicompose writes files into: one spelling, so paths compare equal."""
+    if value == "/":
+        return (
+            "must not be the root directory",
+            "name nginx's include directory, e.g. /etc/nginx/conf.d",
+        )
+    if value.endswith("/"):
+        return ("must not end with /", f"write {value.rstrip('/')!r}")
+    return None
+
+
 def _unquoted_unit_value(value: str) -> tuple[str, str] | None:
     """Values written into a unit without quotes (Description=, WorkingDirectory=)."""
     if value != value.strip(" \t"):
@@ -160,13 +172,41 @@ def _server_name_length(value: str) -> tuple[str, str] | None:
     return None
 
 
-def _not_nobody(value: str) -> tuple[str, str] | None:
+def _own_account(value: str) -> tuple[str, str] | None:
     if value == "nobody":
         return (
             "systemd warns that running as nobody is not safe (every nobody process shares it)",
             "create a system account for the app",
         )
+    if value == "root":
+        return (
+            "a worker running as root gives every request root's rights",
+            "create a system account for the app",
+        )
     return None
+
+
+# Never served over HTTP: the whole file system, configuration, secrets, kernel interfaces.
+PRIVATE_DIRS = ("/etc", "/root", "/boot", "/proc", "/sys", "/dev", "/run", "/var/lib/fcgicompose")
+
+
+def _served_directory(value: str) -> tuple[str, str] | None:
+    if value == "/":
+        return ("would serve the whole file system", "name the directory of the static files")
+    for private in PRIVATE_DIRS:
+        if value.rstrip("/") == private or value.startswith(private + "/"):
+            return (f"would serve files from {private} over HTTP", "copy the files elsewhere")
+    return None
+
+
+# Set by systemd or fcgicompose for the worker; a spec value would break activation or logs.
+RESERVED_ENVIRONMENT = (
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "FCGICOMPOSE_WORKER",
+)
 
 
 def _socket_location(value: str) -> tuple[str, str] | None:
@@ -179,6 +219,15 @@ def _socket_location(value: str) -> tuple[str, str] | None:
             )
     if value.count(WORKER_PLACEHOLDER) > 1:
         return ("may contain {worker} only once", "e.g. /run/app/app{worker}.sock")
+    if value.endswith("/"):
+        return ("names a directory, not a socket file", "e.g. /run/app/{worker}.sock")
+    if value.startswith("/var/run/"):
+        return ("/var/run is a link to /run", f"write {value.removeprefix('/var')!r}")
+    if not value.startswith("/run/"):
+        # On tmpfs, cleaned at boot, where systemd creates the directory (DirectoryMode=).
+        return ("sockets belong under /run", "e.g. /run/app/{worker}.sock")
+    if value.startswith("/run/systemd/"):
+        return ("/run/systemd belongs to systemd itself", "e.g. /run/app/{worker}.sock")
     return None
 
 
@@ -208,27 +257,39 @@ def _executable(argv: tuple[str, ...]) -> tuple[str, str] | None:
         return ("systemd refuses a program path with quotes, backslashes or tabs", "rename it")
     if _path_lengths(argv[0]):
         return _path_lengths(argv[0])
-    if posixpath.basename(argv[0]) == "spawn-fcgi":
+    program = posixpath.basename(argv[0])
+    if program == "spawn-fcgi":
         return (
             "spawn-fcgi forks workers and never relaunches a dead one",
             "give the FastCGI program itself; fcgicompose runs one supervised worker per socket",
         )
-    for i, word in enumerate(argv):
-        if word in ("--daemon", "--daemonize", "--fork"):
+    if re.fullmatch(r"php-fpm[0-9.]*", program):
+        return (
+            "php-fpm binds the sockets of its own pools and cannot take one from systemd",
+            'run php-cgi (activation = "fd0"), or run php-fpm as its own service',
+        )
+    for i, word in enumerate(argv[1:], start=1):
+        if word in ("--daemon", "--daemonize", "--fork", "-D"):
             return (
                 f"argument {word!r} makes the program daemonize, which breaks socket activation",
                 "run it in the foreground",
             )
+        option, equals, value = word.partition("=")
+        if not equals:
+            value = argv[i + 1] if i + 1 < len(argv) else ""
         if word.startswith("unix:") or (
-            word in ("-s", "-b", "--bind", "--listen", "--socket")
-            and i + 1 < len(argv)
-            and argv[i + 1].startswith(("unix:", "tcp:", "/"))
+            option in _BIND_OPTIONS and re.match(r"unix:|tcp:|/|[\w.:\[\]]*:\d+$", value)
         ):
             return (
                 f"argument {word!r} makes the program bind its own socket",
                 "systemd passes the socket; remove the bind option",
             )
     return None
+
+
+# Options with which FastCGI programs are told to listen themselves (fcgiwrap -s, plackup
+# --listen, uwsgi --socket, ...); with a path or address they mean the program binds.
+_BIND_OPTIONS = ("-s", "-b", "-l", "--bind", "--listen", "--socket", "--fastcgi-socket")
 
 
 # What systemd 252's RestrictAddressFamilies= knows (af_from_name); it ignores others.
@@ -344,7 +405,7 @@ class Route:
         # No . or .. component: nginx normalizes them out of every URI, it would never match.
         pattern=r"(/([A-Za-z0-9_~-]|\.[A-Za-z0-9_~-]|\.\.[A-Za-z0-9._~-])[A-Za-z0-9._~-]*)+/?",
         pattern_hint='a URL prefix such as "/rt/static/"',
-        checks=(_absolute_path, _location_prefix, _no_nginx_variable),
+        checks=(_absolute_path, _location_prefix, _no_nginx_variable, _served_directory),
         example={"/rt/NoAuth/images/": "/usr/share/request-tracker5/html/NoAuth/images/"},
     )
     params: Mapping[str, str] = setting(
@@ -418,7 +479,7 @@ class App:
         "",
         pattern=_ACCOUNT,
         pattern_hint="a system user name",
-        checks=(_not_nobody,),
+        checks=(_own_account,),
         inheritable=True,
     )
     group: str = setting(
@@ -564,7 +625,7 @@ class Nginx:
     conf_dir: str = setting(
         "Directory nginx includes *.conf from, inside http {}.",
         "/etc/nginx/conf.d",
-        checks=(_absolute_path,),
+        checks=(_absolute_path, _config_directory),
     )
 
     @property
@@ -671,6 +732,15 @@ def parse_spec(text: str, file: str) -> Spec:
         raise SpecError(builder.problems)
     assert spec is not None
     return attrs.evolve(spec, file=file, locator=locator, text=text)
+
+
+def _parents(path: str) -> list[str]:
+    """The directories above `path`, nearest first, without /."""
+    parents = []
+    while path.count("/") > 1:
+        path = posixpath.dirname(path)
+        parents.append(path)
+    return parents
 
 
 class _Invalid:
@@ -794,6 +864,12 @@ class _Builder:
                 f"all {app.workers} workers would share one socket path",
                 "put {worker} in the path, e.g. /run/" + name + "/" + name + "{worker}.sock",
             )
+        for variable in sorted(set(app.environment) & set(RESERVED_ENVIRONMENT)):
+            self.problem(
+                (*key, "environment", variable),
+                f"{variable} is set for the worker by systemd or fcgicompose",
+                "remove it from the spec",
+            )
         if app.runtime_directory:
             runtime = "/run/" + app.runtime_directory
             if app.socket.startswith(runtime + "/"):
@@ -819,6 +895,7 @@ class _Builder:
                         "give each app its own socket directory",
                     )
                     break
+        self.socket_layout(apps)
         routed = {name: app.route for name, app in apps.items() if app.route is not None}
         self.nginx_names(routed, nginx)
         site_of_pair: dict[tuple[str, int], tuple[str, Route]] = {}
@@ -869,6 +946,40 @@ class _Builder:
                         ("apps", name, "route", "static", location),
                         "location and directory must both end with / or both not",
                         "a mismatch lets requests escape the directory (nginx alias traversal)",
+                    )
+
+    def socket_layout(self, apps: Mapping[str, App]) -> None:
+        """Sockets nested in other sockets' paths or in another app's runtime directory."""
+        socket_of = {
+            app.socket_path(worker): app.name
+            for app in apps.values()
+            for worker in range(1, app.workers + 1)
+        }
+        runtime_of = {
+            "/run/" + app.runtime_directory: app.name
+            for app in apps.values()
+            if app.runtime_directory
+        }
+        reported: set[tuple[str, str]] = set()  # one problem per pair of apps
+        for path, name in socket_of.items():
+            for directory in _parents(path):
+                other = socket_of.get(directory)
+                if other and (name, other) not in reported:
+                    reported.add((name, other))
+                    self.problem(
+                        ("apps", name, "socket"),
+                        f"socket {path} would be inside the socket {directory} of app {other!r}",
+                        "a socket cannot also be a directory; use separate directories",
+                    )
+            for directory in (path, *_parents(path)):
+                owner = runtime_of.get(directory)
+                if owner and owner != name and (owner, name) not in reported:
+                    reported.add((owner, name))
+                    self.problem(
+                        ("apps", owner, "runtime_directory"),
+                        f"{directory} holds the socket {path} of app {name!r}; systemd "
+                        f"deletes it whenever the workers of app {owner!r} stop",
+                        "give the app a runtime directory of its own",
                     )
 
     def nginx_names(self, routed: Mapping[str, Route], nginx: Nginx) -> None:
@@ -1044,8 +1155,8 @@ class _Builder:
         """Run a rule's checks: on strings item by item, on tuples as a whole."""
         if scope == "item" and not isinstance(value, str):
             return value
-        if isinstance(value, str) and not value and not rule.required:
-            return value  # empty means "use the default" for optional strings
+        if isinstance(value, str) and not value and rule.empty_is_unset:
+            return value  # e.g. group = "": the user's primary group
         for check in rule.checks:
             is_whole_check = check is _executable
             if is_whole_check != (scope == "whole"):
