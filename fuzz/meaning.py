@@ -304,8 +304,9 @@ def _app_locations(app: Any, locations: Sequence[ref.Directive]) -> list[str]:
         if len(found) != 1:
             problems.append(f"redirect location {route.path!r} written {len(found)} times")
         else:
-            got = [[d.name.text, *map(ref.literal, d.args)] for d in found[0].block or []]
-            problems += _differs("redirect", got, [["return", "301", prefix]])
+            # The only variables in a generated file: the query string, carried along.
+            got = [[d.name.text, *(a.text for a in d.args)] for d in found[0].block or []]
+            problems += _differs("redirect", got, [["return", "301", prefix + "$is_args$args"]])
     found = by_args.get((prefix,), [])
     if len(found) != 1:
         return [*problems, f"app location {prefix!r} written {len(found)} times"]

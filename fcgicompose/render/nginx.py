@@ -98,7 +98,8 @@ def _app_locations(app: App) -> list[str]:
         lines += [
             "",
             f"    location = {quote(route.path)} {{",
-            f"        return 301 {quote(prefix)};",
+            # The query string goes along; $is_args$args are ours, after the quoted prefix.
+            f'        return 301 {quote(prefix)[:-1]}$is_args$args";',
             "    }",
         ]
         script_name, path_info = "$fastcgi_script_name", "$fastcgi_path_info"
@@ -120,7 +121,9 @@ def _app_locations(app: App) -> list[str]:
         # The path is letters, digits and . _ ~ - only (spec pattern): '.' is the one regex
         # metacharacter among them, and the token needs no quotes.
         literal = route.path.replace(".", r"\.")
-        lines.append(f"        fastcgi_split_path_info ^({literal})(/.*)$;")
+        # (?s): a %0A in the URI is a newline that '.' would not match; the split would fail
+        # and SCRIPT_NAME become the whole URI, chosen by the client.
+        lines.append(f"        fastcgi_split_path_info (?s)^({literal})(/.*)$;")
     lines += [f"        fastcgi_param {name} {value};" for name, value in sorted(params.items())]
     lines.append("    }")
     return lines

@@ -135,6 +135,21 @@ def test_values_reach_the_program_unchanged(applied: Container) -> None:
     assert fields(body)["script_name"] == "/cgi" and fields(body)["path_info"] == "/x/y"
 
 
+def test_the_client_cannot_choose_script_name(applied: Container) -> None:
+    """A %0A in the URI decodes to a newline; the mount point is still SCRIPT_NAME."""
+    status, body = applied.curl("http://localhost/echo/a%0Ab")
+    got = fields(body)
+    assert status == 200, body
+    assert json.loads(got["param.SCRIPT_NAME"]) == "/echo"
+    assert json.loads(got["param.PATH_INFO"]) == "/a\nb"
+
+
+def test_the_bare_mount_point_redirects_with_its_query_string(applied: Container) -> None:
+    written = "%{http_code} %{redirect_url}"
+    result = applied.run(["curl", "-sS", "-o", "/dev/null", "-w", written, "localhost/echo?q=1"])
+    assert result.stdout == "301 http://localhost/echo/?q=1"
+
+
 def test_workers_and_the_programs_they_start_run_sandboxed(applied: Container) -> None:
     status, body = applied.curl("http://localhost/cgi/x")
     got = fields(body)
