@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)  ## create .venv with fcgicompose and the dev tools
 
 demo: venv  ## plan + apply samples/multi.toml into ./demo-root (no root needed)
-	rm -rf $(DEMO_ROOT)
+	rm -rf $(DEMO_ROOT) && mkdir $(DEMO_ROOT)
 	$(VENV)/bin/fcgicompose validate samples/multi.toml
 	$(VENV)/bin/fcgicompose plan samples/multi.toml --root $(DEMO_ROOT)
 	$(VENV)/bin/fcgicompose apply samples/multi.toml --root $(DEMO_ROOT) --auto-approve

@@ -168,11 +168,22 @@ def _load(spec_path: str) -> Any:
 
 
 _spec_argument = click.argument("spec", type=click.Path(dir_okay=False))
+def _existing_root(ctx: click.Context, param: click.Parameter, root: Path) -> Path:
+    # A mistyped or unmounted staging root must not be planned as empty and then filled.
+    if not root.is_dir():
+        what = "is not a directory" if root.exists() else "does not exist"
+        raise click.BadParameter(
+            f"{root} {what} (hint: fcgicompose never creates a root; mkdir -p it first)"
+        )
+    return root
+
+
 _root_option = click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("/"),
     show_default=True,
+    callback=_existing_root,
     help=_ROOT_HELP,
 )
 
@@ -386,7 +397,7 @@ def apply(
 
 
 def _check_accounts(the_plan: Any, root: Path) -> None:
-    """A saved plan is checked against the accounts the target has now."""
+    """A plan not made from the spec file just now is checked against today's accounts."""
     from fcgicompose.errors import FcgiComposeError
     from fcgicompose.spec import account_problems, parse_spec
     from fcgicompose.state import read_accounts
@@ -433,6 +444,7 @@ def rollback(state: _State, root: Path, auto_approve: bool, lock_timeout: float)
         raise FcgiComposeError(f"generation {previous} was not kept ({folder})")
     state.echo(f"Rolling back from generation {record.generation} to {previous}'s spec.")
     the_plan = plan_for(parse_spec(specs[0].read_text(), specs[0].name), root)
+    _check_accounts(the_plan, root)  # as for any apply: the old units may name a gone account
     _carry_out(state, the_plan, root, auto_approve, False, False, lock_timeout)
 
 

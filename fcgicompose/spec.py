@@ -8,7 +8,7 @@ import posixpath
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -659,7 +659,7 @@ class Spec:
 TOP_LEVEL_KEYS = ("version", "defaults", "nginx", "apps")
 
 
-def account_problems(spec: Spec, users: set[str], groups: set[str]) -> list[Problem]:
+def account_problems(spec: Spec, users: Container[str], groups: Container[str]) -> list[Problem]:
     """Users and groups the spec names that the target root does not have."""
     problems = []
     if spec.nginx.socket_group not in groups:

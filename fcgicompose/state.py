@@ -7,11 +7,13 @@ paths and hashes, never contents (like chezmoi's state), so it holds no secrets.
 from __future__ import annotations
 
 import functools
+import grp
 import hashlib
 import json
 import os
+import pwd
 import stat
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -211,13 +213,43 @@ def read_record(root: Path) -> tuple[Record, str]:
     ).hexdigest()
 
 
-def read_accounts(root: Path) -> tuple[set[str], set[str]] | None:
+class AccountNames:
+    """The user or group names of a target: its files, and on the live host also NSS.
+
+    On `/`, accounts from LDAP or SSSD are real to systemd though absent from etc/passwd,
+    and NSS cannot be relied on to list them; so names are looked up one by one.
+    """
+
+    def __init__(self, listed: set[str], lookup: Callable[[str], object] | None) -> None:
+        self.listed = listed
+        self.lookup = lookup
+
+    def __contains__(self, name: object) -> bool:
+        if name in self.listed:
+            return True
+        if self.lookup is None or not isinstance(name, str):
+            return False
+        try:
+            self.lookup(name)
+        except KeyError:
+            return False
+        return True
+
+
+def read_accounts(root: Path) -> tuple[AccountNames, AccountNames] | None:
     """User and group names of the target, or None if it has no etc/passwd (a staging root)."""
     try:
         passwd = host_path(root, "/etc/passwd").read_text(encoding="utf-8", errors="replace")
-        group = host_path(root, "/etc/group").read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return None
+    try:
+        group = host_path(root, "/etc/group").read_text(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        group = ""  # a passwd without a group file has no groups, not unchecked ones
     users = {line.split(":", 1)[0] for line in passwd.splitlines() if ":" in line}
     groups = {line.split(":", 1)[0] for line in group.splitlines() if ":" in line}
-    return users, groups
+    live = os.path.realpath(root) == "/"
+    return (
+        AccountNames(users, pwd.getpwnam if live else None),
+        AccountNames(groups, grp.getgrnam if live else None),
+    )

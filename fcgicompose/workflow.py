@@ -62,9 +62,10 @@ def unchanged_plan(spec_text: str, spec_name: str, root: Path) -> Plan | None:
     accounts = read_accounts(root)
     if accounts is not None:
         users, groups = accounts
-        present = {f"user:{u}" for u in users} | {f"group:{g}" for g in groups}
-        if not set(record.accounts) <= present:
-            return None  # the full plan names what is missing
+        for needed in record.accounts:
+            kind, _, name = needed.partition(":")
+            if name not in (users if kind == "user" else groups):
+                return None  # the full plan names what is missing
     facts = read_facts(root, record.entries)
     if not all(entry.matches(facts[path]) for path, entry in record.entries.items()):
         return None  # drift: the full plan explains it

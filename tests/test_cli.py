@@ -60,6 +60,7 @@ def test_apply_then_plan_shows_no_changes(sample: Path, tmp_path: Path) -> None:
 
 def test_scaling_4_to_2_plans_exactly_the_removal_of_workers_3_and_4(tmp_path: Path) -> None:
     root, spec = tmp_path / "root", tmp_path / "multi.toml"
+    root.mkdir()
     shutil.copy(MULTI, spec)
     assert cli("apply", str(spec), "--root", str(root), "--auto-approve").returncode == 0
     spec.write_text(MULTI.read_text().replace("workers = 4", "workers = 2"))
@@ -100,7 +101,9 @@ def test_invalid_spec_gives_one_line_per_problem_and_no_traceback(tmp_path: Path
     spec.write_text(
         'version = 1\n[apps.rt]\ncommand = ["/x"]\nuser = "rt"\nworkers = 0\nsocket_mode = "0666"\n'
     )
-    result = cli("apply", str(spec), "--root", str(tmp_path / "root"), "--auto-approve")
+    root = tmp_path / "root"
+    root.mkdir()
+    result = cli("apply", str(spec), "--root", str(root), "--auto-approve")
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
@@ -108,7 +111,7 @@ def test_invalid_spec_gives_one_line_per_problem_and_no_traceback(tmp_path: Path
         f"error: {spec}:6:15: apps.rt.socket_mode: world-writable socket: any local user could "
         "send requests as the app (hint: use 0660 (owner and the nginx group))",
     ]
-    assert not (tmp_path / "root").exists()
+    assert list(root.iterdir()) == []
 
 
 def test_a_file_the_tool_did_not_write_is_never_overwritten(tmp_path: Path) -> None:
@@ -234,6 +237,7 @@ def test_unchanged_spec_is_planned_without_compiling_but_drift_still_shows(tmp_p
 
 def test_quick_plan_steps_aside_for_a_renamed_spec_or_a_missing_account(tmp_path: Path) -> None:
     root = tmp_path / "root"
+    root.mkdir()
     passwd = root / "etc/passwd"
     passwd.parent.mkdir(parents=True)
     passwd.write_text("www-data:x:33:33::/:/bin/false\nrt:x:100:100::/:/bin/false\n")
@@ -253,6 +257,7 @@ def test_quick_plan_steps_aside_for_a_renamed_spec_or_a_missing_account(tmp_path
 def test_apply_into_a_closed_pipe_still_applies_everything(tmp_path: Path) -> None:
     """The reader of stdout leaves after a few bytes; the apply is carried out in full."""
     root = tmp_path / "root"
+    root.mkdir()
     command = (
         f"{sys.executable} -m fcgicompose apply {MULTI} --root {root} --auto-approve"
         ' | head -c 200 >/dev/null; echo "status=${PIPESTATUS[0]}"'

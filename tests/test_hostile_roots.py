@@ -7,6 +7,9 @@ import json
 import os
 from pathlib import Path
 
+import pytest
+
+from fcgicompose.state import read_accounts
 from tests.conftest import PROJECT
 from tests.test_cli import cli, tree
 
@@ -56,14 +59,16 @@ def test_a_bogus_record_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_refused_applies_leave_no_trace(tmp_path: Path) -> None:
     root = tmp_path / "root"
+    root.mkdir()
     refused = cli("apply", str(MULTI), "--root", str(root))  # no terminal, no --auto-approve
-    assert refused.returncode == 1 and not root.exists()
+    assert refused.returncode == 1 and list(root.iterdir()) == []
     rollback = cli("rollback", "--root", str(root), "--auto-approve")
-    assert rollback.returncode == 1 and not root.exists()
+    assert rollback.returncode == 1 and list(root.iterdir()) == []
 
 
 def test_a_state_dir_symlinked_out_of_the_root_is_refused(tmp_path: Path) -> None:
     root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
     outside.mkdir()
     (root / "var/lib").mkdir(parents=True)
     (root / "var/lib/fcgicompose").symlink_to(outside)
@@ -83,6 +88,7 @@ def test_usage_errors_exit_1_not_2(tmp_path: Path) -> None:
 
 def test_plan_out_is_private_and_never_the_spec(tmp_path: Path) -> None:
     saved = tmp_path / "p.plan"
+    (tmp_path / "r").mkdir()
     saved.write_text("old")
     os.chmod(saved, 0o644)
     assert (
@@ -99,6 +105,7 @@ def test_plan_out_is_private_and_never_the_spec(tmp_path: Path) -> None:
 def test_a_spec_mentioning_the_plan_format_is_still_a_spec(tmp_path: Path) -> None:
     spec = tmp_path / "s.toml"
     spec.write_text("# see fcgicompose-plan files\n" + MULTI.read_text())
+    (tmp_path / "r").mkdir()
     result = cli("apply", str(spec), "--root", str(tmp_path / "r"), "--auto-approve")
     assert result.returncode == 0, result.stderr
 
@@ -113,3 +120,43 @@ def test_saved_plans_are_checked_against_the_accounts_of_the_target(tmp_path: Pa
     assert result.returncode == 1
     assert "user 'rt' does not exist on the target" in result.stderr
     assert not (root / "etc/systemd").exists()
+
+
+def test_a_root_with_passwd_but_no_group_file_has_no_groups(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("www-data:x:33:33::/:/bin/false\n")
+    accounts = read_accounts(tmp_path)
+    assert accounts is not None
+    users, groups = accounts
+    assert "www-data" in users and "www-data" not in groups
+
+
+def test_the_live_root_also_knows_accounts_only_nss_has(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On /, a user from LDAP/SSSD is found by name although etc/passwd lacks it."""
+    import pwd
+
+    real = pwd.getpwnam
+
+    def directory_user(name: str) -> pwd.struct_passwd:
+        if name == "ldap-only":
+            return real("root")
+        return real(name)
+
+    monkeypatch.setattr(pwd, "getpwnam", directory_user)
+    accounts = read_accounts(Path("/"))
+    assert accounts is not None
+    users, _ = accounts
+    assert "ldap-only" in users and "surely-not-a-user-x" not in users
+    assert "ldap-only:" not in Path("/etc/passwd").read_text()  # found through NSS only
+
+
+@pytest.mark.parametrize("command", [["plan"], ["apply", "--auto-approve"]], ids=["plan", "apply"])
+def test_a_root_that_does_not_exist_is_refused_not_created(
+    command: list[str], tmp_path: Path
+) -> None:
+    """A mistyped or unmounted staging root is not planned as empty and then filled."""
+    missing = tmp_path / "not-mounted"
+    result = cli(command[0], str(MULTI), "--root", str(missing), *command[1:])
+    assert result.returncode == 1
+    assert f"{missing} does not exist" in result.stderr
+    assert not missing.exists()
