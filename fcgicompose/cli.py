@@ -168,6 +168,8 @@ def _load(spec_path: str) -> Any:
 
 
 _spec_argument = click.argument("spec", type=click.Path(dir_okay=False))
+
+
 def _existing_root(ctx: click.Context, param: click.Parameter, root: Path) -> Path:
     # A mistyped or unmounted staging root must not be planned as empty and then filled.
     if not root.is_dir():
