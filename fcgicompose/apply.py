@@ -154,6 +154,43 @@ def journal_path(root: Path) -> Path:
     return host_path(root, f"{names.STATE_DIR}/{JOURNAL_NAME}")
 
 
+# The runtime steps an apply began, one JSON line each, written before the step runs: what
+# recovery must undo on the host, besides the files, after a kill -9 during those steps.
+RUNTIME_LOG_NAME = "journal-runtime.jsonl"
+
+
+def runtime_log_path(root: Path) -> Path:
+    return host_path(root, f"{names.STATE_DIR}/{RUNTIME_LOG_NAME}")
+
+
+def _log_attempt(root: Path, action: Action) -> None:
+    line = json.dumps({"kind": str(action.kind), "units": list(action.units)}) + "\n"
+    fd = os.open(
+        runtime_log_path(root), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600
+    )
+    try:
+        os.write(fd, line.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _logged_attempts(root: Path) -> list[Action]:
+    """The steps the interrupted apply began; a line torn by the kill is dropped."""
+    try:
+        text = runtime_log_path(root).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    attempts = []
+    for line in text.splitlines():
+        try:
+            data = json.loads(line)
+            attempts.append(Action(ActionKind(data["kind"]), tuple(map(str, data["units"]))))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return attempts
+
+
 def _write_journal(root: Path, undo: Sequence[_Undo], old_record_text: str | None) -> None:
     entries = [
         {
@@ -168,8 +205,14 @@ def _write_journal(root: Path, undo: Sequence[_Undo], old_record_text: str | Non
     _write_atomically(journal_path(root), json.dumps(data, separators=(",", ":")), mode=0o600)
 
 
-def recover(root: Path, progress: Progress = lambda line: None) -> bool:
-    """Undo an interrupted apply from its journal; True if there was one. Hold the lock."""
+def recover(
+    root: Path, progress: Progress = lambda line: None, runner: Runner | None = None
+) -> bool:
+    """Undo an interrupted apply from its journal; True if there was one. Hold the lock.
+
+    Puts back the files and the record; with a `runner` (the live host) also undoes the
+    runtime steps the apply had begun: daemon-reload, units back as they were, nginx reloaded.
+    """
     progress = _never_failing(progress)
     path = journal_path(root)
     with contextlib.suppress(FileNotFoundError):
@@ -177,6 +220,8 @@ def recover(root: Path, progress: Progress = lambda line: None) -> bool:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
+        with contextlib.suppress(FileNotFoundError):
+            runtime_log_path(root).unlink()  # left by an apply killed just after its commit
         return False
     except ValueError:
         # Torn while being written: nothing was switched yet (the journal comes first).
@@ -221,9 +266,47 @@ def recover(root: Path, progress: Progress = lambda line: None) -> bool:
     for kept in generations.glob("*") if generations.is_dir() else ():
         if not kept.name.isdigit() or int(kept.name) > restored.generation:
             shutil.rmtree(kept)
+    attempts = _logged_attempts(root)
+    if runner is not None and {a.kind for a in attempts} - {ActionKind.NGINX_TEST}:
+        progress("recovering: bringing the units and nginx back to the restored files")
+        _undo_runtime(attempts, runner)
+    # The journal goes last: killed before this, the next recovery does it all again.
+    with contextlib.suppress(FileNotFoundError):
+        runtime_log_path(root).unlink()
     path.unlink()
     _fsync_dir(path.parent)
     return True
+
+
+def _undo_runtime(attempts: Sequence[Action], run: Runner) -> None:
+    """Bring units and nginx back to the files just restored, after `attempts` ran (or began).
+
+    Every step is safe to repeat and none may stop the others: this runs after a failure.
+    """
+    attempted: dict[ActionKind, list[str]] = {}  # a kind may come twice (moved sockets)
+    for action in attempts:
+        attempted.setdefault(action.kind, []).extend(action.units)
+    run(("systemctl", "daemon-reload"))
+    started = attempted.get(ActionKind.START, [])
+    if started:
+        services = [u.replace(".socket", ".service") for u in started]
+        run(("systemctl", "stop", *services, *started))
+    for unit in attempted.get(ActionKind.RESTART_SOCKETS, []):
+        run(("systemctl", "stop", unit.replace(".socket", ".service"), unit))
+        run(("systemctl", "start", unit))
+    restarted = attempted.get(ActionKind.RESTART_SERVICES, [])
+    if restarted:
+        # A new program may have failed (and tripped its start limit): clear that, and let
+        # each socket start the old program at the next request.
+        their_sockets = [u.replace(".service", ".socket") for u in restarted]
+        run(("systemctl", "reset-failed", *restarted, *their_sockets))
+        run(("systemctl", "stop", *restarted))
+        run(("systemctl", "start", *their_sockets))
+    stopped = [u for u in attempted.get(ActionKind.STOP, []) if u.endswith(".socket")]
+    if stopped:
+        run(("systemctl", "start", *stopped))
+    if ActionKind.NGINX_RELOAD in attempted:
+        run(("systemctl", "try-reload-or-restart", "nginx.service"))
 
 
 # ----------------------------------------------------------------------------- files
@@ -399,8 +482,10 @@ class _Runtime:
     progress: Progress
     results: list[CommandResult] = attrs.field(factory=list)
     attempted: list[Action] = attrs.field(factory=list)
-    started: list[str] = attrs.field(factory=list)
-    stopped: list[str] = attrs.field(factory=list)
+
+    def run_unchecked(self, argv: Sequence[str]) -> CommandResult:
+        """A Runner for undoing: every step runs, whatever the one before it did."""
+        return self.run(*argv, check=False)
 
     def run(self, *argv: str, check: bool = True) -> CommandResult:
         self.progress("  $ " + " ".join(argv))
@@ -419,7 +504,6 @@ class _Runtime:
             self.run("systemctl", "daemon-reload")
         elif kind is ActionKind.START:
             self.run("systemctl", "start", *units)
-            self.started += units
         elif kind is ActionKind.RESTART_SOCKETS:
             for socket in units:  # one at a time: the other workers keep serving
                 service = socket.replace(".socket", ".service")
@@ -430,7 +514,6 @@ class _Runtime:
         elif kind is ActionKind.NGINX_RELOAD:
             self.reload_nginx()
         elif kind is ActionKind.STOP:
-            self.stopped += units
             # A removed worker that never got a request has no loaded service once its file is
             # gone ("not loaded"): that is stopped enough. Only a unit still running is a failure.
             self.run("systemctl", "stop", *units, check=False)
@@ -559,7 +642,7 @@ def apply_plan(
     if plan.drift and not force:
         raise StateError(plan.drift)
     with locked(root, lock_timeout):
-        recover(root, progress)
+        recover(root, progress, runner if plan.live else None)
         old_record, _ = read_record(root)
         old_record_text = record_path(root).read_text() if old_record.generation else None
         if old_record.generation != plan.generation:
@@ -583,12 +666,15 @@ def apply_plan(
             if plan.live:
                 for action in plan.actions:
                     progress(f"→ {action.describe()}")
+                    _log_attempt(root, action)
                     runtime.action(action)
             if plan.spec_text:  # kept for `rollback`, once the generation stands
                 kept = generation_spec(root, record.generation, plan.spec)
                 shutil.rmtree(kept.parent, ignore_errors=True)  # stale if the record was lost
                 _write_atomically(kept, plan.spec_text, mode=0o600)
             journal_path(root).unlink()  # the commit point: the new set stands
+            with contextlib.suppress(FileNotFoundError):
+                runtime_log_path(root).unlink()  # left behind, the next recovery removes it
         except _StepFailed as failed:
             message = (
                 f"`{' '.join(failed.result.argv)}` failed: {failed.result.output or 'no output'}"
@@ -597,48 +683,20 @@ def apply_plan(
                 raise ApplyError(
                     [Problem(message, hint="--no-rollback: the new files stay in place")]
                 ) from None
-            _roll_back(root, plan, runtime, progress)
+            _roll_back(root, runtime, progress, plan.live)
             raise ApplyError(
                 [Problem(message, hint="the previous files and units were restored")]
             ) from None
         except BaseException:
             # Anything unexpected (a bug, Ctrl-C) after the switch: never leave a half-done host.
-            _roll_back(root, plan, runtime, progress)
+            _roll_back(root, runtime, progress, plan.live)
             raise
         written = sum(1 for c in changes if c.change is not Change.DELETE)
         return Outcome(written, len(changes) - written, tuple(runtime.results), record.generation)
 
 
-def _roll_back(root: Path, plan: Plan, runtime: _Runtime, progress: Progress) -> None:
+def _roll_back(root: Path, runtime: _Runtime, progress: Progress, live: bool) -> None:
     """Put the old files back and bring the units and nginx back to how they were."""
     progress("rolling back: restoring the previous files")
-    recover(root)  # the journal holds exactly the old files and record
-    attempted: dict[ActionKind, list[str]] = {}  # a kind may come twice (moved sockets)
-    for action in runtime.attempted:
-        attempted.setdefault(action.kind, []).extend(action.units)
-    if set(attempted) <= {ActionKind.NGINX_TEST}:
-        return  # nothing ran on the host yet
-    progress("rolling back: restoring the previous units")
-    runtime.run("systemctl", "daemon-reload", check=False)
-    if runtime.started:
-        services = [u.replace(".socket", ".service") for u in runtime.started]
-        runtime.run("systemctl", "stop", *services, *runtime.started, check=False)
-    if ActionKind.RESTART_SOCKETS in attempted:
-        for socket in attempted[ActionKind.RESTART_SOCKETS]:
-            runtime.run(
-                "systemctl", "stop", socket.replace(".socket", ".service"), socket, check=False
-            )
-            runtime.run("systemctl", "start", socket, check=False)
-    if ActionKind.RESTART_SERVICES in attempted:
-        # A new program may have failed (and tripped its start limit): clear that, and let
-        # each socket start the old program at the next request.
-        restarted = attempted[ActionKind.RESTART_SERVICES]
-        their_sockets = [u.replace(".service", ".socket") for u in restarted]
-        runtime.run("systemctl", "reset-failed", *restarted, *their_sockets, check=False)
-        runtime.run("systemctl", "stop", *restarted, check=False)
-        runtime.run("systemctl", "start", *their_sockets, check=False)
-    sockets = [u for u in runtime.stopped if u.endswith(".socket")]
-    if sockets:
-        runtime.run("systemctl", "start", *sockets, check=False)
-    if ActionKind.NGINX_RELOAD in attempted:
-        runtime.run("systemctl", "try-reload-or-restart", "nginx.service", check=False)
+    # The journal holds exactly the old files and record, the runtime log what ran.
+    recover(root, progress, runner=runtime.run_unchecked if live else None)

@@ -234,11 +234,13 @@ def _refuse_if_interrupted(root: Path) -> None:
 
 def _recover_if_interrupted(state: _State, root: Path, lock_timeout: float, err: bool) -> None:
     """Undo an interrupted apply first; touch nothing when there was none."""
-    from fcgicompose.apply import journal_path, locked, recover
+    from fcgicompose.apply import journal_path, locked, recover, run_command
+    from fcgicompose.workflow import is_live
 
     if journal_path(root).exists():
         with locked(root, lock_timeout):
-            recover(root, lambda line: state.echo(line, err=err))
+            runner = run_command if is_live(root) else None
+            recover(root, lambda line: state.echo(line, err=err), runner)
 
 
 def _plan(state: _State, spec: str, root: Path, for_apply: bool, loaded: Any = None) -> Any:
@@ -281,20 +283,19 @@ def recover(state: _State, root: Path) -> None:
     """Undo an apply that was interrupted (killed, power loss) from its journal.
 
     Puts back the files and record the interrupted apply replaced, so ROOT is wholly on the
-    previous generation again. apply does this by itself before planning; plan refuses until then.
+    previous generation again; on the live host it also undoes the systemd and nginx steps the
+    apply had begun. apply does this by itself before planning; plan refuses until then.
     """
-    from fcgicompose.apply import locked
+    from fcgicompose.apply import locked, run_command
     from fcgicompose.apply import recover as recover_root
     from fcgicompose.workflow import is_live
 
     with locked(root):
-        if not recover_root(root, lambda line: state.echo(line)):
+        # On the live host the units and nginx are brought back to those files too.
+        runner = run_command if is_live(root) else None
+        if not recover_root(root, lambda line: state.echo(line), runner):
             state.echo("Nothing to recover.")
             return
-        if is_live(root):
-            from fcgicompose.apply import run_command
-
-            run_command(["systemctl", "daemon-reload"])
     state.echo(state.style("Recovered: the previous generation's files are back.", "green"))
 
 

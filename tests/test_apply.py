@@ -15,7 +15,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-from fcgicompose.apply import CommandResult, apply_plan
+from fcgicompose.apply import CommandResult, apply_plan, recover
 from fcgicompose.errors import ApplyError, LockError
 from fcgicompose.plan import Plan
 from fcgicompose.spec import parse_spec
@@ -183,3 +183,43 @@ def test_a_reader_that_goes_away_cannot_stop_an_apply_half_way(tmp_path: Path) -
     assert any(c[:2] == ("systemctl", "try-reload-or-restart") for c in runner.commands)
     assert not (tmp_path / "var/lib/fcgicompose/journal.json").exists()  # committed
     assert read_record(tmp_path)[0].generation == 1
+
+
+class Killed(BaseException):
+    """Stands for kill -9: the apply dies with no rollback of its own."""
+
+
+def test_recovery_after_a_kill_during_the_runtime_steps_undoes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    before = snapshot(tmp_path)
+
+    def dies(argv: Sequence[str]) -> CommandResult:
+        if tuple(argv[:2]) == ("systemctl", "try-reload-or-restart"):
+            raise Killed  # after daemon-reload and the start of worker 3
+        return Recorder()(argv)
+
+    monkeypatch.setattr("fcgicompose.apply._roll_back", lambda *args: None)  # killed: no rollback
+    with pytest.raises(Killed):
+        apply_plan(live_plan(tmp_path, workers=3), tmp_path, runner=dies)
+    assert (tmp_path / "var/lib/fcgicompose/journal.json").exists()
+    assert (tmp_path / "etc/systemd/system/sockets.target.wants/fcgi-a@3.socket").is_symlink()
+
+    later = Recorder()
+    assert recover(tmp_path, runner=later)
+    assert snapshot(tmp_path) == before  # journal and runtime log gone, old files back
+    assert later.commands == [
+        ("systemctl", "daemon-reload"),
+        ("systemctl", "stop", "fcgi-a@3.service", "fcgi-a@3.socket"),
+        ("systemctl", "try-reload-or-restart", "nginx.service"),
+    ]
+    assert not recover(tmp_path, runner=later)  # done once, nothing left to do
+
+
+def test_a_runtime_log_without_a_journal_is_a_leftover_of_a_finished_apply(tmp_path: Path) -> None:
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    runtime_log = tmp_path / "var/lib/fcgicompose/journal-runtime.jsonl"
+    runtime_log.write_text('{"kind": "start", "units": ["fcgi-a@1.socket"]}\n')
+    assert not recover(tmp_path)  # no journal: an apply killed just after its commit
+    assert not runtime_log.exists()
