@@ -380,7 +380,8 @@ class Route:
     """How nginx reaches an app."""
 
     server_name: tuple[str, ...] = setting(
-        "Host names of the nginx server block; `_` matches any.",
+        "Host names of the nginx server block; `_` matches no host: a catch-all needs "
+        "default_server.",
         ("_",),
         # One wildcard at most, first or last: nginx refuses "*.example.*".
         pattern=r"_|(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.\*",
@@ -397,6 +398,11 @@ class Route:
         pattern=r"/|(/[A-Za-z0-9._~-]+)+",
         pattern_hint='a URL prefix without trailing slash, such as "/rt" (or "/")',
         checks=(_location_prefix,),
+    )
+    default_server: bool = setting(
+        "Make this server block nginx's default for its ports: it answers every request whose "
+        "Host no other server block names (then disable Debian's default site).",
+        False,
     )
     balance: Balance = setting("How requests are spread over the workers.", Balance.ROUND_ROBIN)
     static: Mapping[str, str] = setting(
@@ -913,6 +919,7 @@ class _Builder:
                         "apps sharing a server must list the same server_name and listen",
                     )
                     break
+            self.default_server(name, route, routed)
             mount = (*route.site, route.path)
             other_name = mounts.setdefault(mount, name)
             if other_name != name:
@@ -947,6 +954,32 @@ class _Builder:
                         "location and directory must both end with / or both not",
                         "a mismatch lets requests escape the directory (nginx alias traversal)",
                     )
+
+    def default_server(self, name: str, route: Route, routed: Mapping[str, Route]) -> None:
+        """One default server per port, and one answer for a server block shared by apps."""
+        if not route.default_server:
+            return
+        for other_name, other in routed.items():
+            if other_name == name or other.default_server == route.default_server:
+                continue
+            if other.site == route.site:
+                self.problem(
+                    ("apps", name, "route", "default_server"),
+                    f"app {other_name!r} shares this server block without default_server",
+                    "apps on one server block must agree; set it on all of them",
+                )
+                return
+        for other_name, other in routed.items():
+            if other.default_server and other.site != route.site:
+                shared = sorted(set(other.listen) & set(route.listen))
+                if shared and other_name < name:
+                    self.problem(
+                        ("apps", name, "route", "default_server"),
+                        f"port {shared[0]} already has a default server: the server block "
+                        f"of app {other_name!r}",
+                        "nginx allows one default server per port",
+                    )
+                    return
 
     def socket_layout(self, apps: Mapping[str, App]) -> None:
         """Sockets nested in other sockets' paths or in another app's runtime directory."""

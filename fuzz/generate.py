@@ -245,6 +245,8 @@ class Gen:
             )
         if self.chance(0.2):
             route["keep_conn"] = self.pick(True, False)
+        if self.chance(0.05):
+            route["default_server"] = self.pick(True, False)
         for key, low, high in (
             ("max_fails", 0, 100),
             ("fail_timeout", 1, 3600),

@@ -261,7 +261,9 @@ def _site(apps: Sequence[Any], artifact: Any) -> list[str]:
     if others:
         problems.append(f"unexpected directives in server: {others}")
     problems += _differs(
-        "listen", [[a.text for a in d.args] for d in listen], [[str(p)] for p in route.listen]
+        "listen",
+        [[a.text for a in d.args] for d in listen],
+        [[str(p), *(["default_server"] if route.default_server else [])] for p in route.listen],
     )
     if len(names) != 1:
         return [*problems, f"{len(names)} server_name directives"]

@@ -145,6 +145,7 @@ workers = 2
 [apps.front.route]
 balance = "least-conn"
 keep_conn = true
+default_server = true
 
 [apps.admin]
 command = ["/usr/local/bin/admin", "--mode", "admin"]
@@ -153,6 +154,7 @@ socket = "/run/admin/admin-{worker}.sock"
 
 [apps.admin.route]
 path = "/admin"
+default_server = true
 static = { "/admin/assets/" = "/srv/admin/assets/" }
 
 [apps.docs]
@@ -161,6 +163,7 @@ activation = "listen-fds"
 
 [apps.docs.route]
 path = "/docs.v1"
+default_server = true
 balance = "ip-hash"
 params = { SCRIPT_FILENAME = "/srv/docs/docs.fcgi" }
 

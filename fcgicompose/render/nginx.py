@@ -70,7 +70,8 @@ def render_site(apps: Sequence[App], source: str) -> str:
     assert route is not None
     mounted = ", ".join(app.name for app in apps)
     lines = [header("#", source, f"apps {mounted}"), "server {"]
-    lines += [f"    listen {port};" for port in route.listen]
+    default = " default_server" if route.default_server else ""
+    lines += [f"    listen {port}{default};" for port in route.listen]
     lines.append(f"    server_name {' '.join(route.server_name)};")
     for app in sorted(apps, key=lambda a: a.route.path if a.route else ""):
         lines += _app_locations(app)
