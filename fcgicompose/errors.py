@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import attrs
@@ -24,7 +25,12 @@ class Problem:
             where += f":{self.line}:{self.column}" if self.column else f":{self.line}"
         parts = [p for p in (where, self.key) if p]
         text = ": ".join([*parts, self.message])
-        return f"{text} (hint: {self.hint})" if self.hint else text
+        text = f"{text} (hint: {self.hint})" if self.hint else text
+        # One problem, one line: a file name or value with a line break must not split it.
+        return _LINE_BREAKS.sub(lambda m: repr(m.group(0))[1:-1], text)
+
+
+_LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c-\x1e\x85\u2028\u2029]")
 
 
 class FcgiComposeError(Exception):

@@ -236,7 +236,7 @@ def _desired_change(
 
 def _not_a_text_file(path: str) -> Problem:
     return Problem(
-        "is now a directory, device or binary file; fcgicompose only ever wrote text there",
+        "is a directory, device or binary file where fcgicompose keeps a text file",
         file=path,
         hint="see who put it there and move it away (never touched, even with --force)",
     )

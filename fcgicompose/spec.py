@@ -247,7 +247,7 @@ def _executable(argv: tuple[str, ...]) -> tuple[str, str] | None:
     if not argv:
         return ("must name the program to run", 'e.g. ["/usr/sbin/fcgiwrap"]')
     if not argv[0].startswith("/"):
-        return ("program must be an absolute path", f"e.g. /usr/bin/{argv[0]}")
+        return ("program must be an absolute path", f"e.g. /usr/bin/{posixpath.basename(argv[0])}")
     if argv[0].endswith("/"):
         return ("program path names a directory", "name the program file")
     if posixpath.normpath(argv[0]) != argv[0]:
@@ -718,7 +718,8 @@ def load_spec(path: Path, display_name: str | None = None) -> Spec:
         raise SpecError([Problem(f"cannot read spec: {error.strerror}", file=name)]) from None
     except UnicodeDecodeError as error:
         raise SpecError([Problem(f"not UTF-8 text ({error.reason})", file=name)]) from None
-    return parse_spec(text, name)
+    # Some Windows editors start UTF-8 files with a byte order mark; TOML parsers choke on it.
+    return parse_spec(text.removeprefix("\ufeff"), name)
 
 
 def parse_spec(text: str, file: str) -> Spec:
@@ -845,7 +846,7 @@ class _Builder:
                 self.origin[(*key, setting_name)] = ("defaults", setting_name)
             elif isinstance(value, dict) and isinstance(raw[setting_name], dict):
                 merged[setting_name] = {**value, **raw[setting_name]}
-        if not merged.get("user"):
+        if "user" not in merged:  # an empty user = "" is reported as an invalid value
             self.problem(
                 (*key, "user"),
                 "missing: no user to run the workers as",
@@ -1156,11 +1157,15 @@ class _Builder:
         if tp is bool:
             if isinstance(raw, bool):
                 return raw
-            self.problem(key, f"must be true or false, not {_toml_type(raw)}")
+            self.problem(
+                key,
+                f"must be true or false, not {_toml_type(raw)}",
+                "write true or false, unquoted",
+            )
             return INVALID
         if tp is int:
             if not isinstance(raw, int) or isinstance(raw, bool):
-                self.problem(key, f"must be an integer, not {_toml_type(raw)}")
+                self.problem(key, f"must be an integer, not {_toml_type(raw)}", _integer_hint(raw))
                 return INVALID
             if rule.minimum is not None and raw < rule.minimum:
                 self.problem(key, f"must be at least {rule.minimum} (got {raw})")
@@ -1171,7 +1176,8 @@ class _Builder:
             return raw
         if tp is str:
             if not isinstance(raw, str):
-                self.problem(key, f"must be a string, not {_toml_type(raw)}")
+                hint = f"quote it: {json.dumps(str(raw))}" if isinstance(raw, int | float) else ""
+                self.problem(key, f"must be a string, not {_toml_type(raw)}", hint)
                 return INVALID
             if _no_control(raw):
                 self.problem(key, *_no_control(raw))  # type: ignore[misc]
@@ -1219,6 +1225,15 @@ def settings_of(cls: type[Any]) -> list[attrs.Attribute[Any]]:
 def _closest(value: Any, choices: list[str]) -> str:
     close = difflib.get_close_matches(str(value), choices, n=1)
     return f"did you mean {close[0]!r}?" if close else ""
+
+
+def _integer_hint(raw: Any) -> str:
+    """How to write the integer the user probably meant."""
+    if isinstance(raw, str) and re.fullmatch(r"[+-]?[0-9]+", raw.strip()):
+        return f"write {raw.strip()} without quotes"
+    if isinstance(raw, float) and raw.is_integer():
+        return f"write {int(raw)}, without the decimal point"
+    return "write a whole number, e.g. 4"
 
 
 def _toml_type(value: Any) -> str:

@@ -268,3 +268,25 @@ def test_apply_into_a_closed_pipe_still_applies_everything(tmp_path: Path) -> No
     assert result.stdout.strip() == "status=0", result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert cli("plan", str(MULTI), "--root", str(root), "--detailed-exitcode").returncode == 0
+
+
+def test_a_spec_file_name_with_a_line_break_still_gives_one_line_per_problem(
+    tmp_path: Path,
+) -> None:
+    spec = tmp_path / "two\nlines.toml"
+    spec.write_text('version = 1\n[apps.a]\ncommand = ["bin/a"]\nuser = ""\n')
+    result = cli("validate", str(spec))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"error: {tmp_path}/two\\nlines.toml:3:11: apps.a.command: program must be an absolute "
+        "path (hint: e.g. /usr/bin/a)",
+        f"error: {tmp_path}/two\\nlines.toml:4:8: apps.a.user: invalid value '' "
+        "(hint: a system user name)",
+    ]
+
+
+def test_a_byte_order_mark_is_not_a_toml_error(tmp_path: Path) -> None:
+    spec = tmp_path / "bom.toml"
+    spec.write_bytes(b"\xef\xbb\xbf" + MULTI.read_bytes())
+    result = cli("validate", str(spec))
+    assert result.returncode == 0, result.stderr
