@@ -30,8 +30,8 @@ def test_a_directory_where_a_managed_file_was_is_never_touched(tmp_path: Path) -
         result = cli("apply", str(MULTI), "--root", str(tmp_path), "--auto-approve", *flags)
         assert result.returncode == 1, result.stderr
         assert (
-            f"/{UPSTREAM}: is a directory, device or binary file where fcgicompose keeps a text file"
-            in result.stderr
+            f"/{UPSTREAM}: is a directory, device or binary file where fcgicompose keeps a "
+            "text file" in result.stderr
         )
     assert (tmp_path / UPSTREAM).is_dir()
     assert not (tmp_path / "var/lib/fcgicompose/journal.json").exists()
