@@ -11,6 +11,7 @@ import errno
 import fcntl
 import json
 import os
+import posixpath
 import shutil
 import socket
 import stat
@@ -499,7 +500,7 @@ class _Runtime:
         self.attempted.append(action)
         kind, units = action.kind, list(action.units)
         if kind is ActionKind.NGINX_TEST:
-            self.run("nginx", "-t", "-q")
+            self.test_nginx(units)
         elif kind is ActionKind.DAEMON_RELOAD:
             self.run("systemctl", "daemon-reload")
         elif kind is ActionKind.START:
@@ -536,6 +537,24 @@ class _Runtime:
                     if _remove_stale_socket(path)
                     else f"  ({path} in use or not a socket: left alone)"
                 )
+
+    def test_nginx(self, files: Sequence[str]) -> None:
+        """`nginx -T`: the config is valid and includes every file we keep for it.
+
+        A conf_dir that nginx.conf does not include would pass `nginx -t` and serve nothing.
+        """
+        result = self.run("nginx", "-T", "-q")
+        marker = "# configuration file "
+        read = {
+            line.removeprefix(marker).rstrip(":")
+            for line in result.output.splitlines()
+            if line.startswith(marker)
+        }
+        unread = [path for path in files if path not in read]
+        if unread:
+            directory = posixpath.dirname(unread[0])
+            message = f"nginx does not read {unread[0]}: no include of {directory}/*.conf"
+            raise _StepFailed(attrs.evolve(result, output=message))
 
     def reload_nginx(self, timeout: float = 15.0) -> None:
         """Reload nginx and wait (bounded) until the workers with the old config are gone.

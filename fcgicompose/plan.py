@@ -96,7 +96,7 @@ class Action:
 
     def describe(self) -> str:
         what = {
-            ActionKind.NGINX_TEST: "nginx -t",
+            ActionKind.NGINX_TEST: "nginx -T",
             ActionKind.DAEMON_RELOAD: "systemctl daemon-reload",
             ActionKind.START: "systemctl start",
             ActionKind.RESTART_SOCKETS: "restart socket with its service, one at a time:",
@@ -107,6 +107,9 @@ class Action:
             ActionKind.VERIFY: "check listening and wake each worker:",
             ActionKind.REMOVE_STALE_SOCKETS: "remove the old socket files nothing listens on:",
         }[self.kind]
+        if self.kind is ActionKind.NGINX_TEST:
+            # The files can be thousands; the plan lists them above already.
+            return f"{what} (valid, and includes the {len(self.units)} files fcgicompose keeps)"
         return " ".join([what, *self.units])
 
 
@@ -314,8 +317,14 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
     nginx_changed = any(f.kind.is_nginx for f in changed)
     units_changed = any(f.kind.is_unit for f in changed)
     if nginx_changed:
+        kept = (Change.CREATE, Change.UPDATE, Change.KEEP, Change.ADOPT)
+        nginx_files = tuple(f.path for f in files if f.kind.is_nginx and f.change in kept)
         actions.append(
-            Action(ActionKind.NGINX_TEST, reason="never reload nginx with a broken config")
+            Action(
+                ActionKind.NGINX_TEST,
+                nginx_files,
+                "never reload nginx with a broken config, or one that does not read these files",
+            )
         )
     if units_changed:
         actions.append(Action(ActionKind.DAEMON_RELOAD, reason="unit files changed"))

@@ -629,7 +629,8 @@ class Nginx:
         pattern_hint="a system group name",
     )
     conf_dir: str = setting(
-        "Directory nginx includes *.conf from, inside http {}.",
+        "Directory nginx includes *.conf from, inside http {}; apply checks with nginx -T "
+        "that nginx really reads the files it writes there.",
         "/etc/nginx/conf.d",
         checks=(_absolute_path, _config_directory),
     )

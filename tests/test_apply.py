@@ -34,16 +34,31 @@ server_name = ["a.example.org"]
 
 
 class Recorder:
-    """Records commands; fails the first one starting with `fail_on`."""
+    """Records commands; fails the first one starting with `fail_on`.
 
-    def __init__(self, fail_on: tuple[str, ...] = ()) -> None:
+    `nginx -T` answers like an nginx.conf with `include /etc/nginx/conf.d/*.conf` would, from
+    the files under `root` at the time of the call; `nginx_includes=False` stands for an
+    nginx.conf that includes no such directory.
+    """
+
+    def __init__(
+        self, root: Path, fail_on: tuple[str, ...] = (), *, nginx_includes: bool = True
+    ) -> None:
+        self.root = root
         self.fail_on = fail_on
+        self.nginx_includes = nginx_includes
         self.commands: list[tuple[str, ...]] = []
 
     def __call__(self, argv: Sequence[str]) -> CommandResult:
         self.commands.append(tuple(argv))
         if self.fail_on and tuple(argv[: len(self.fail_on)]) == self.fail_on:
             return CommandResult(tuple(argv), 1, "simulated failure")
+        if tuple(argv[:2]) == ("nginx", "-T"):
+            dump = ["# configuration file /etc/nginx/nginx.conf:", "http { }"]
+            if self.nginx_includes:
+                for conf in sorted((self.root / "etc/nginx/conf.d").glob("*.conf")):
+                    dump.append(f"# configuration file /etc/nginx/conf.d/{conf.name}:")
+            return CommandResult(tuple(argv), 0, "\n".join(dump))
         if argv[:2] == ["systemctl", "is-active"] or tuple(argv[:2]) == ("systemctl", "is-active"):
             return CommandResult(tuple(argv), 0, "\n".join("active" for _ in argv[2:]))
         return CommandResult(tuple(argv), 0, "")
@@ -63,10 +78,10 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 def test_fresh_apply_runs_steps_in_order_and_batched(tmp_path: Path) -> None:
-    runner = Recorder()
+    runner = Recorder(tmp_path)
     outcome = apply_plan(live_plan(tmp_path), tmp_path, runner=runner)
     assert runner.commands == [
-        ("nginx", "-t", "-q"),
+        ("nginx", "-T", "-q"),
         ("systemctl", "daemon-reload"),
         ("systemctl", "start", "fcgi-a@1.socket", "fcgi-a@2.socket"),
         ("systemctl", "show", "-P", "MainPID", "nginx.service"),
@@ -80,20 +95,33 @@ def test_fresh_apply_runs_steps_in_order_and_batched(tmp_path: Path) -> None:
 
 
 def test_failed_nginx_test_restores_files_and_runs_nothing_else(tmp_path: Path) -> None:
-    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path))
     before, record_before = snapshot(tmp_path), read_record(tmp_path)
-    runner = Recorder(fail_on=("nginx", "-t"))
+    runner = Recorder(tmp_path, fail_on=("nginx", "-T"))
     with pytest.raises(ApplyError, match="simulated failure"):
         apply_plan(live_plan(tmp_path, workers=3), tmp_path, runner=runner)
-    assert runner.commands == [("nginx", "-t", "-q")]
+    assert runner.commands == [("nginx", "-T", "-q")]
     assert snapshot(tmp_path) == before
     assert read_record(tmp_path) == record_before
 
 
+def test_a_conf_dir_nginx_does_not_include_fails_before_anything_runs(tmp_path: Path) -> None:
+    """`nginx -t` passes on a config that never reads conf_dir; the routes would be dead."""
+    runner = Recorder(tmp_path, nginx_includes=False)
+    with pytest.raises(ApplyError) as failed:
+        apply_plan(live_plan(tmp_path), tmp_path, runner=runner)
+    assert (
+        "nginx does not read /etc/nginx/conf.d/fcgicompose-upstream-a.conf: "
+        "no include of /etc/nginx/conf.d/*.conf"
+    ) in str(failed.value)
+    assert runner.commands == [("nginx", "-T", "-q")]
+    assert snapshot(tmp_path) == {}
+
+
 def test_failure_after_units_started_rolls_units_back(tmp_path: Path) -> None:
-    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path))
     before = snapshot(tmp_path)
-    runner = Recorder(fail_on=("systemctl", "try-reload-or-restart"))
+    runner = Recorder(tmp_path, fail_on=("systemctl", "try-reload-or-restart"))
     with pytest.raises(ApplyError, match="previous files and units were restored"):
         apply_plan(live_plan(tmp_path, workers=3), tmp_path, runner=runner)
     assert snapshot(tmp_path) == before
@@ -108,20 +136,20 @@ def test_failure_after_units_started_rolls_units_back(tmp_path: Path) -> None:
 
 
 def test_no_rollback_keeps_the_new_files(tmp_path: Path) -> None:
-    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path))
     with pytest.raises(ApplyError, match="--no-rollback"):
         apply_plan(
             live_plan(tmp_path, mode="two"),
             tmp_path,
-            runner=Recorder(("systemctl", "try-restart")),
+            runner=Recorder(tmp_path, ("systemctl", "try-restart")),
             rollback=False,
         )
     assert "MODE=two" in (tmp_path / "etc/systemd/system/fcgi-a@.service").read_text()
 
 
 def test_service_change_restarts_only_services(tmp_path: Path) -> None:
-    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
-    runner = Recorder()
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path))
+    runner = Recorder(tmp_path)
     apply_plan(live_plan(tmp_path, mode="two"), tmp_path, runner=runner)
     assert runner.commands == [
         ("systemctl", "daemon-reload"),
@@ -135,9 +163,9 @@ def test_service_change_restarts_only_services(tmp_path: Path) -> None:
 
 def test_a_plan_made_before_another_apply_is_refused(tmp_path: Path) -> None:
     stale = live_plan(tmp_path)
-    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path))
     with pytest.raises(Exception, match="generation 0 to 1"):
-        apply_plan(stale, tmp_path, runner=Recorder())
+        apply_plan(stale, tmp_path, runner=Recorder(tmp_path))
 
 
 def test_second_apply_waits_for_the_lock_then_fails_clearly(tmp_path: Path) -> None:
@@ -148,13 +176,15 @@ def test_second_apply_waits_for_the_lock_then_fails_clearly(tmp_path: Path) -> N
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         started = time.monotonic()
         with pytest.raises(LockError, match="another fcgicompose is applying to this root"):
-            apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(), lock_timeout=0.5)
+            apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path), lock_timeout=0.5)
         assert time.monotonic() - started >= 0.5
         assert snapshot(tmp_path) == {}
     finally:
         holder.kill()
         holder.wait()
-    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(), lock_timeout=5)  # free again
+    apply_plan(
+        live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path), lock_timeout=5
+    )  # free again
 
 
 HOLD_LOCK = """
@@ -169,7 +199,7 @@ with locked(Path(sys.argv[1])):
 
 def test_a_reader_that_goes_away_cannot_stop_an_apply_half_way(tmp_path: Path) -> None:
     """`apply | head`: progress lines fail with EPIPE after daemon-reload; apply goes on."""
-    runner = Recorder()
+    runner = Recorder(tmp_path)
     lines: list[str] = []
 
     def progress(line: str) -> None:
@@ -192,13 +222,13 @@ class Killed(BaseException):
 def test_recovery_after_a_kill_during_the_runtime_steps_undoes_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path))
     before = snapshot(tmp_path)
 
     def dies(argv: Sequence[str]) -> CommandResult:
         if tuple(argv[:2]) == ("systemctl", "try-reload-or-restart"):
             raise Killed  # after daemon-reload and the start of worker 3
-        return Recorder()(argv)
+        return Recorder(tmp_path)(argv)
 
     monkeypatch.setattr("fcgicompose.apply._roll_back", lambda *args: None)  # killed: no rollback
     with pytest.raises(Killed):
@@ -206,7 +236,7 @@ def test_recovery_after_a_kill_during_the_runtime_steps_undoes_them(
     assert (tmp_path / "var/lib/fcgicompose/journal.json").exists()
     assert (tmp_path / "etc/systemd/system/sockets.target.wants/fcgi-a@3.socket").is_symlink()
 
-    later = Recorder()
+    later = Recorder(tmp_path)
     assert recover(tmp_path, runner=later)
     assert snapshot(tmp_path) == before  # journal and runtime log gone, old files back
     assert later.commands == [
@@ -218,7 +248,7 @@ def test_recovery_after_a_kill_during_the_runtime_steps_undoes_them(
 
 
 def test_a_runtime_log_without_a_journal_is_a_leftover_of_a_finished_apply(tmp_path: Path) -> None:
-    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder())
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path))
     runtime_log = tmp_path / "var/lib/fcgicompose/journal-runtime.jsonl"
     runtime_log.write_text('{"kind": "start", "units": ["fcgi-a@1.socket"]}\n')
     assert not recover(tmp_path)  # no journal: an apply killed just after its commit

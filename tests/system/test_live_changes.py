@@ -209,7 +209,7 @@ def test_nginx_config_that_fails_the_test_is_rolled_back(live: Container) -> Non
             timeout=180,
         )
         assert result.returncode == 1, result.stdout
-        assert "`nginx -t -q` failed" in result.stderr and "duplicate upstream" in result.stderr
+        assert "`nginx -T -q` failed" in result.stderr and "duplicate upstream" in result.stderr
         assert not live.exists("/etc/nginx/conf.d/fcgicompose-upstream-beta.conf")
         assert not live.exists("/etc/systemd/system/fcgi-beta@.service")
         assert live.read_file(clash) == "upstream fcgicompose_beta { server 127.0.0.1:9; }\n"
