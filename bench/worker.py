@@ -16,6 +16,9 @@ part of compile and plan):
   floor    the I/O floor: lstat every path plan reads; read + sha256 each regular file, readlink
            each symlink; read + sha256 the record file. Nothing else.
   profile  cProfile of one plan (with --apply: plan + apply into an empty root); top functions
+
+Like the `fcgicompose` command, the worker first calls cli.tune_collector() (the cycle collector
+runs rarely), so what is timed is what a user's command would spend.
 """
 
 from __future__ import annotations
@@ -224,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--apply", action="store_true", help="profile: also apply the plan")
     args = parser.parse_args(argv)
+    from fcgicompose.cli import tune_collector
+
+    tune_collector()  # as `fcgicompose` does for every command
     result = OPS[args.op](args)
     result["rss_after_kib"] = _rss_kib()
     sys.stdout.write(json.dumps(result) + "\n")

@@ -444,7 +444,7 @@ def new_record(plan: Plan, old: Record) -> Record:
             continue
         entries[change.path] = RecordEntry(
             path=change.path,
-            kind=str(change.kind),
+            kind=change.kind,
             sha256="" if change.is_link else sha256_text(change.content),
             link_target=change.link_target,
             apps=change.apps,

@@ -105,6 +105,18 @@ def main(ctx: click.Context, debug: bool, color: bool | None) -> None:
     schemas/fcgicompose.schema.json.
     """
     ctx.obj = _State(debug, color)
+    tune_collector()
+
+
+def tune_collector() -> None:
+    """Let Python's cycle collector run rarely: one command builds tens of thousands of objects
+    (models, rendered files, facts, plan entries) that hold no cycles and all live until it
+    ends, so each collection rescans them for nothing. With the default thresholds that
+    rescanning made a 5,000-app plan cost 8x a 1,000-app one instead of 5x."""
+    import gc
+
+    gc.freeze()  # what is loaded so far (modules, click) is never garbage
+    gc.set_threshold(100_000, 50, 100)
 
 
 def _guard(function: Callable[..., Any]) -> Callable[..., Any]:

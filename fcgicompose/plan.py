@@ -249,7 +249,7 @@ def _removal(entry: RecordEntry, fact: FileFact) -> tuple[FileChange, Problem | 
     change = FileChange(
         path=entry.path,
         change=Change.DELETE,
-        kind=Kind(entry.kind),
+        kind=entry.kind,
         reason="no longer in the spec",
         apps=entry.apps,
         worker=entry.worker,

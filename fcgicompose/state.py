@@ -25,6 +25,15 @@ from fcgicompose.graph import Kind
 
 RECORD_FORMAT = 1
 RECORD_NAME = "state.json"
+_KINDS = {kind.value: kind for kind in Kind}
+
+
+def _kind(value: Any) -> Kind:
+    # A dict lookup: Kind(value) costs more, for every file of every plan.
+    try:
+        return _KINDS[value]
+    except (KeyError, TypeError):
+        raise ValueError(f"{value!r} is not a valid Kind") from None
 
 
 def sha256_text(text: str) -> str:
@@ -55,14 +64,14 @@ class RecordEntry:
     """A file fcgicompose wrote, as it wrote it."""
 
     path: str
-    kind: str
+    kind: Kind
     sha256: str = ""
     link_target: str = ""
     apps: tuple[str, ...] = ()
     worker: int = 0
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"kind": self.kind, "apps": list(self.apps)}
+        data: dict[str, Any] = {"kind": self.kind.value, "apps": list(self.apps)}
         if self.link_target:
             data["link_target"] = self.link_target
         else:
@@ -110,13 +119,14 @@ class Record:
             if data.get("format") != RECORD_FORMAT:
                 raise ValueError(f"unknown format {data.get('format')!r}")
             entries = {
+                # Positional: this runs for every file of every plan.
                 path: RecordEntry(
-                    path=path,
-                    kind=Kind(fields["kind"]).value,
-                    sha256=str(fields.get("sha256", "")),
-                    link_target=str(fields.get("link_target", "")),
-                    apps=tuple(fields.get("apps", ())),
-                    worker=int(fields.get("worker", 0)),
+                    path,
+                    _kind(fields["kind"]),
+                    str(fields.get("sha256", "")),
+                    str(fields.get("link_target", "")),
+                    tuple(fields.get("apps", ())),
+                    int(fields.get("worker", 0)),
                 )
                 for path, fields in data["files"].items()
             }
@@ -140,30 +150,27 @@ class Record:
             ) from None
 
 
-@functools.lru_cache(maxsize=4096)
-def _resolved(path: str) -> str:
-    # A plan reads thousands of files in a handful of directories: resolve each directory
-    # once per run, not per file (callers clear the cache when a run starts).
-    return os.path.realpath(path)
-
-
 def clear_path_cache() -> None:
     """Forget resolved directories: call when a run starts (they may have changed since)."""
-    _resolved.cache_clear()
+    _inside_root.cache_clear()
 
 
 def host_path(root: Path, path: str) -> Path:
     """The target `path` under `root`; refuses paths whose parents leave the root by symlink."""
-    joined = root / path.lstrip("/")
-    parent = joined.parent
-    real_root = _resolved(str(root))
-    real_parent = _resolved(str(parent))
-    if real_parent != real_root and not real_parent.startswith(real_root.rstrip("/") + "/"):
+    return Path(_host_str(str(root), path))
+
+
+def _host_str(root: str, path: str) -> str:
+    # Strings, not Path objects: a plan resolves tens of thousands of paths, and pathlib's
+    # parsing would cost more than reading the files.
+    joined = root.rstrip("/") + "/" + path.lstrip("/")
+    parent = joined.rpartition("/")[0] or "/"
+    if not _inside_root(root, parent):
         raise StateError(
             [
                 Problem(
                     f"{parent} leads outside {root} through a symlink",
-                    file=str(joined),
+                    file=joined,
                     hint="fcgicompose never writes through symlinks out of the root",
                 )
             ]
@@ -171,20 +178,28 @@ def host_path(root: Path, path: str) -> Path:
     return joined
 
 
+@functools.lru_cache(maxsize=4096)
+def _inside_root(root: str, directory: str) -> bool:
+    # A plan reads thousands of files in a handful of directories: resolve each directory
+    # once per run, not per file (callers clear the cache when a run starts).
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(directory)
+    return real == real_root or real.startswith(real_root.rstrip("/") + "/")
+
+
 def read_fact(root: Path, path: str) -> FileFact:
     """Look at one path without following a final symlink."""
-    target = host_path(root, path)
+    target = _host_str(str(root), path)
     try:
         info = os.lstat(target)
-    except FileNotFoundError:
-        return FileFact(path)
-    except NotADirectoryError:
+    except (FileNotFoundError, NotADirectoryError):
         return FileFact(path)
     if stat.S_ISLNK(info.st_mode):
         return FileFact(path, exists=True, is_link=True, link_target=os.readlink(target))
     if not stat.S_ISREG(info.st_mode):
         return FileFact(path, exists=True, is_other=True)
-    data = target.read_bytes()
+    with open(target, "rb") as handle:
+        data = handle.read()
     try:
         content: str | None = data.decode("utf-8")
     except UnicodeDecodeError:

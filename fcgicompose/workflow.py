@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fcgicompose import __version__
 from fcgicompose.errors import Problem
-from fcgicompose.graph import Kind, build_graph, ordered
+from fcgicompose.graph import build_graph, ordered
 from fcgicompose.plan import Change, FileChange, Plan, make_plan
 from fcgicompose.spec import Spec, account_problems, load_spec
 from fcgicompose.state import read_accounts, read_facts, read_record, sha256_text
@@ -73,7 +73,7 @@ def unchanged_plan(spec_text: str, spec_name: str, root: Path) -> Plan | None:
         FileChange(
             path=path,
             change=Change.KEEP,
-            kind=Kind(entry.kind),
+            kind=entry.kind,
             reason="up to date",
             apps=entry.apps,
             worker=entry.worker,
