@@ -118,9 +118,15 @@ def build_graph(spec: Spec) -> nx.DiGraph:
 
 
 def ordered(graph: nx.DiGraph) -> Iterator[Artifact]:
-    """Artifacts in dependency order, ties broken by path so the order is stable."""
-    for path in nx.lexicographical_topological_sort(graph):
-        yield graph.nodes[path]["artifact"]
+    """Artifacts in dependency order, stable: layer by layer (units, enablement links, nginx
+    upstreams, nginx servers), each layer by path.
+
+    Sorting each layer is linear-ish C work; a lexicographical topological sort keeps a heap
+    in Python and was the largest part of ordering 50,000 artifacts.
+    """
+    for layer in nx.topological_generations(graph):
+        for path in sorted(layer):
+            yield graph.nodes[path]["artifact"]
 
 
 def to_dot(graph: nx.DiGraph) -> str:

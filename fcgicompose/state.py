@@ -209,7 +209,7 @@ def read_fact(root: Path, path: str) -> FileFact:
 
 def read_facts(root: Path, paths: Iterable[str]) -> dict[str, FileFact]:
     clear_path_cache()
-    return {path: read_fact(root, path) for path in sorted(set(paths))}
+    return {path: read_fact(root, path) for path in dict.fromkeys(paths)}
 
 
 def record_path(root: Path) -> Path:
