@@ -72,6 +72,7 @@ def run_command(argv: Sequence[str]) -> CommandResult:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            errors="replace",  # `nginx -T` prints config files in whatever encoding they have
             timeout=120,
             check=False,
         )
@@ -481,6 +482,7 @@ class _Runtime:
 
     runner: Runner
     progress: Progress
+    root: Path  # "/" on the live host; a scratch root in tests
     results: list[CommandResult] = attrs.field(factory=list)
     attempted: list[Action] = attrs.field(factory=list)
 
@@ -544,17 +546,29 @@ class _Runtime:
         A conf_dir that nginx.conf does not include would pass `nginx -t` and serve nothing.
         """
         result = self.run("nginx", "-T", "-q")
-        marker = "# configuration file "
-        read = {
-            line.removeprefix(marker).rstrip(":")
-            for line in result.output.splitlines()
-            if line.startswith(marker)
-        }
-        unread = [path for path in files if path not in read]
+        read = files_in_nginx_dump(result.output, self.read_text)
+        # nginx names files as its include spells them (/etc/nginx/../nginx/conf.d/x.conf,
+        # or through a symlinked directory): the same file is the same inode.
+        identities = {self.identity(name) for name in read} - {None}
+        unread = [p for p in files if p not in read and self.identity(p) not in identities]
         if unread:
             directory = posixpath.dirname(unread[0])
             message = f"nginx does not read {unread[0]}: no include of {directory}/*.conf"
             raise _StepFailed(attrs.evolve(result, output=message))
+
+    def read_text(self, path: str) -> str | None:
+        """A file as `nginx -T` prints it (decoded like run_command), None if unreadable."""
+        try:
+            return host_path(self.root, path).read_bytes().decode("utf-8", "replace")
+        except (OSError, StateError):
+            return None
+
+    def identity(self, path: str) -> tuple[int, int] | None:
+        try:
+            info = host_path(self.root, path).stat()
+        except (OSError, StateError):
+            return None
+        return info.st_dev, info.st_ino
 
     def reload_nginx(self, timeout: float = 15.0) -> None:
         """Reload nginx and wait (bounded) until the workers with the old config are gone.
@@ -605,6 +619,42 @@ def _wake(socket_path: str) -> None:
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.settimeout(2)
         probe.connect(socket_path)
+
+
+_DUMP_MARKER = "# configuration file "
+
+
+def files_in_nginx_dump(dump: str, read: Callable[[str], str | None]) -> list[str]:
+    """The files `nginx -T` says it read, in order; `read(name)` gives a file's text.
+
+    nginx prints each file as "# configuration file NAME:\n", its text, "\n" (after any
+    warnings). A line inside a file may look like a marker, e.g. in an nginx.conf flattened
+    from an old `nginx -T` that inlines stale copies of our files, so the walk steps over each
+    file's text, compared with the file itself, instead of trusting lines. It stops where the
+    dump and the files disagree: what follows counts as not read.
+    """
+    if dump.startswith(_DUMP_MARKER):
+        position = 0
+    else:
+        position = dump.find("\n" + _DUMP_MARKER) + 1
+        if position == 0:
+            return []
+    names: list[str] = []
+    while dump.startswith(_DUMP_MARKER, position):
+        end = dump.find(":\n", position)
+        text = read(dump[position + len(_DUMP_MARKER) : end]) if end >= 0 else None
+        if text is None:
+            break
+        names.append(dump[position + len(_DUMP_MARKER) : end])
+        body = end + 2
+        if dump.startswith(text + "\n", body):
+            position = body + len(text) + 1
+            continue
+        rest = dump[body:]  # the runner strips the end of the output: the last file may be cut
+        if not (text.startswith(rest) and not text[len(rest) :].strip()):
+            names.pop()
+        break
+    return names
 
 
 def _remove_stale_socket(path: str) -> bool:
@@ -678,7 +728,7 @@ def apply_plan(
         check_not_moved(root, plan)
         changes = [c for c in plan.changes if c.change.touches_disk]
         switch_files(root, changes, progress, old_record_text)
-        runtime = _Runtime(runner, progress)
+        runtime = _Runtime(runner, progress, root)
         try:
             record = new_record(plan, old_record)
             write_record(root, record)

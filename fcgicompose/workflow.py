@@ -11,7 +11,13 @@ from fcgicompose.errors import Problem
 from fcgicompose.graph import build_graph, ordered
 from fcgicompose.plan import Change, FileChange, Plan, make_plan
 from fcgicompose.spec import Spec, account_problems, load_spec
-from fcgicompose.state import read_accounts, read_facts, read_record, sha256_text
+from fcgicompose.state import (
+    all_as_recorded,
+    read_accounts,
+    read_facts,
+    read_record,
+    sha256_text,
+)
 
 
 def is_live(root: Path) -> bool:
@@ -66,8 +72,7 @@ def unchanged_plan(spec_text: str, spec_name: str, root: Path) -> Plan | None:
             kind, _, name = needed.partition(":")
             if name not in (users if kind == "user" else groups):
                 return None  # the full plan names what is missing
-    facts = read_facts(root, record.entries)
-    if not all(entry.matches(facts[path]) for path, entry in record.entries.items()):
+    if not all_as_recorded(root, record.entries):
         return None  # drift: the full plan explains it
     files = tuple(
         FileChange(

@@ -15,7 +15,13 @@ from pathlib import Path
 import attrs
 import pytest
 
-from fcgicompose.apply import CommandResult, apply_plan, recover
+from fcgicompose.apply import (
+    CommandResult,
+    apply_plan,
+    files_in_nginx_dump,
+    recover,
+    run_command,
+)
 from fcgicompose.errors import ApplyError, LockError
 from fcgicompose.plan import Plan
 from fcgicompose.spec import parse_spec
@@ -37,16 +43,22 @@ class Recorder:
     """Records commands; fails the first one starting with `fail_on`.
 
     `nginx -T` answers like an nginx.conf with `include /etc/nginx/conf.d/*.conf` would, from
-    the files under `root` at the time of the call; `nginx_includes=False` stands for an
-    nginx.conf that includes no such directory.
+    the files under `root` at the time of the call, naming them `nginx_spells` + file name;
+    `nginx_includes=False` stands for an nginx.conf that includes no such directory.
     """
 
     def __init__(
-        self, root: Path, fail_on: tuple[str, ...] = (), *, nginx_includes: bool = True
+        self,
+        root: Path,
+        fail_on: tuple[str, ...] = (),
+        *,
+        nginx_includes: bool = True,
+        nginx_spells: str = "/etc/nginx/conf.d/",
     ) -> None:
         self.root = root
         self.fail_on = fail_on
         self.nginx_includes = nginx_includes
+        self.nginx_spells = nginx_spells
         self.commands: list[tuple[str, ...]] = []
 
     def __call__(self, argv: Sequence[str]) -> CommandResult:
@@ -54,11 +66,12 @@ class Recorder:
         if self.fail_on and tuple(argv[: len(self.fail_on)]) == self.fail_on:
             return CommandResult(tuple(argv), 1, "simulated failure")
         if tuple(argv[:2]) == ("nginx", "-T"):
-            dump = ["# configuration file /etc/nginx/nginx.conf:", "http { }"]
+            dump = ""
             if self.nginx_includes:
                 for conf in sorted((self.root / "etc/nginx/conf.d").glob("*.conf")):
-                    dump.append(f"# configuration file /etc/nginx/conf.d/{conf.name}:")
-            return CommandResult(tuple(argv), 0, "\n".join(dump))
+                    name = self.nginx_spells + conf.name
+                    dump += f"# configuration file {name}:\n{conf.read_text()}\n"
+            return CommandResult(tuple(argv), 0, dump.strip())  # as run_command strips
         if argv[:2] == ["systemctl", "is-active"] or tuple(argv[:2]) == ("systemctl", "is-active"):
             return CommandResult(tuple(argv), 0, "\n".join("active" for _ in argv[2:]))
         return CommandResult(tuple(argv), 0, "")
@@ -116,6 +129,36 @@ def test_a_conf_dir_nginx_does_not_include_fails_before_anything_runs(tmp_path: 
     ) in str(failed.value)
     assert runner.commands == [("nginx", "-T", "-q")]
     assert snapshot(tmp_path) == {}
+
+
+def test_the_conf_dir_spelled_another_way_by_the_include_is_still_read(tmp_path: Path) -> None:
+    runner = Recorder(tmp_path, nginx_spells="/etc/nginx/sites/../conf.d/")
+    (tmp_path / "etc/nginx/sites").mkdir(parents=True)
+    assert apply_plan(live_plan(tmp_path), tmp_path, runner=runner).generation == 1
+
+
+def test_the_dump_walk_steps_over_file_texts_that_look_like_markers() -> None:
+    """An nginx.conf flattened from an old `nginx -T` inlines stale copies of our files."""
+    files = {
+        "/etc/nginx/nginx.conf": (
+            "# configuration file /etc/nginx/conf.d/fcgicompose-upstream-a.conf:\n"
+            "upstream fcgicompose_a { server unix:/run/old.sock; }\n"
+        ),
+        "/etc/nginx/mime.types": "types { text/html html; }",
+    }
+    dump = "".join(f"# configuration file {name}:\n{text}\n" for name, text in files.items())
+    assert files_in_nginx_dump(dump, files.get) == list(files)
+    warned = "nginx: [warn] something\n" + dump.strip()
+    assert files_in_nginx_dump(warned, files.get) == list(files)
+    changed = {**files, "/etc/nginx/nginx.conf": "events {}\n"}
+    assert files_in_nginx_dump(dump, changed.get) == []  # disagrees: nothing after counts
+    assert files_in_nginx_dump("nginx: [emerg] no dump", files.get) == []
+
+
+def test_output_that_is_not_utf8_is_read_not_a_crash() -> None:
+    """`nginx -T` prints every config file; one in Latin-1 must not break apply."""
+    result = run_command(["printf", "# caf\\351\\n"])
+    assert result.returncode == 0 and result.output == "# caf\ufffd"
 
 
 def test_failure_after_units_started_rolls_units_back(tmp_path: Path) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from fcgicompose.state import read_accounts
+from fcgicompose.state import all_as_recorded, read_accounts, read_record
 from tests.conftest import PROJECT
 from tests.test_cli import cli, tree
 
@@ -163,3 +164,51 @@ def test_a_root_that_does_not_exist_is_refused_not_created(
     assert result.returncode == 1
     assert f"{missing} does not exist" in result.stderr
     assert not missing.exists()
+
+
+LINK = "etc/systemd/system/sockets.target.wants/fcgi-rt@1.socket"
+
+
+def _edit(root: Path) -> None:
+    (root / UPSTREAM).write_text((root / UPSTREAM).read_text() + "# edited\n")
+
+
+def _same_text_through_a_symlink(root: Path) -> None:
+    copy = root / "copy.conf"
+    copy.write_text((root / UPSTREAM).read_text())
+    (root / UPSTREAM).unlink()
+    (root / UPSTREAM).symlink_to(copy)
+
+
+def _retarget(root: Path) -> None:
+    (root / LINK).unlink()
+    (root / LINK).symlink_to("/etc/systemd/system/fcgi-wiki@.socket")
+
+
+def _link_made_a_file(root: Path) -> None:
+    (root / LINK).unlink()
+    (root / LINK).write_text("")
+
+
+def _deleted(root: Path) -> None:
+    (root / UPSTREAM).unlink()
+
+
+def _directory(root: Path) -> None:
+    (root / UPSTREAM).unlink()
+    (root / UPSTREAM).mkdir()
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [_edit, _same_text_through_a_symlink, _retarget, _link_made_a_file, _deleted, _directory],
+)
+def test_the_no_change_check_sees_every_kind_of_tampering(
+    tmp_path: Path, tamper: Callable[[Path], None]
+) -> None:
+    """all_as_recorded is what lets plan skip compiling: it must miss nothing read_fact sees."""
+    applied(tmp_path)
+    entries = read_record(tmp_path)[0].entries
+    assert all_as_recorded(tmp_path, entries)
+    tamper(tmp_path)
+    assert not all_as_recorded(tmp_path, entries)
