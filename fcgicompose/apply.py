@@ -289,6 +289,7 @@ def _undo_runtime(attempts: Sequence[Action], run: Runner) -> None:
     for action in attempts:
         attempted.setdefault(action.kind, []).extend(action.units)
     run(("systemctl", "daemon-reload"))
+    # RELISTEN is left as it is: a socket that listens again serves the restored unit too.
     started = attempted.get(ActionKind.START, [])
     if started:
         services = [u.replace(".socket", ".service") for u in started]
@@ -505,7 +506,7 @@ class _Runtime:
             self.test_nginx(units)
         elif kind is ActionKind.DAEMON_RELOAD:
             self.run("systemctl", "daemon-reload")
-        elif kind is ActionKind.START:
+        elif kind in (ActionKind.START, ActionKind.RELISTEN):
             self.run("systemctl", "start", *units)
         elif kind is ActionKind.RESTART_SOCKETS:
             for socket in units:  # one at a time: the other workers keep serving

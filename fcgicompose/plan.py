@@ -82,6 +82,7 @@ class ActionKind(StrEnum):
     NGINX_RELOAD = "nginx-reload"
     STOP = "stop"
     RESET_FAILED = "reset-failed"
+    RELISTEN = "relisten"
     VERIFY = "verify"
     REMOVE_STALE_SOCKETS = "remove-stale-sockets"
 
@@ -104,6 +105,7 @@ class Action:
             ActionKind.NGINX_RELOAD: "systemctl try-reload-or-restart nginx.service",
             ActionKind.STOP: "systemctl stop",
             ActionKind.RESET_FAILED: "systemctl reset-failed",
+            ActionKind.RELISTEN: "systemctl start",
             ActionKind.VERIFY: "check listening and wake each worker:",
             ActionKind.REMOVE_STALE_SOCKETS: "remove the old socket files nothing listens on:",
         }[self.kind]
@@ -401,7 +403,15 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
                 "workers removed from the spec; nginx no longer routes to them",
             )
         )
-    touched = new_sockets + tuple(restart_sockets) + tuple(restart_services) + gone
+    # A crash loop trips the service's start limit, and systemd then fails its socket, which
+    # stops listening: the fix (a changed service) must reset both and listen again.
+    restarted_workers = tuple(s.replace(".service", ".socket") for s in restart_services)
+    touched = (
+        new_sockets
+        + tuple(restart_sockets)
+        + tuple(u for pair in zip(restarted_workers, restart_services, strict=True) for u in pair)
+        + gone
+    )
     if touched:
         actions.append(
             Action(
@@ -410,7 +420,15 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
                 "a fixed app must not stay failed from old crashes",
             )
         )
-    restarted_workers = tuple(s.replace(".service", ".socket") for s in restart_services)
+    if restarted_workers:
+        actions.append(
+            Action(
+                ActionKind.RELISTEN,
+                restarted_workers,
+                "a socket that a crash loop of its worker stopped listens again "
+                "(nothing happens to one that listens)",
+            )
+        )
     listening = tuple(restart_sockets) + new_sockets + restarted_workers
     if listening:
         actions.append(

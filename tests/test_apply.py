@@ -197,11 +197,51 @@ def test_service_change_restarts_only_services(tmp_path: Path) -> None:
     assert runner.commands == [
         ("systemctl", "daemon-reload"),
         ("systemctl", "try-restart", "fcgi-a@1.service", "fcgi-a@2.service"),
-        ("systemctl", "reset-failed", "fcgi-a@1.service", "fcgi-a@2.service"),
+        (
+            "systemctl",
+            "reset-failed",
+            "fcgi-a@1.socket",
+            "fcgi-a@1.service",
+            "fcgi-a@2.socket",
+            "fcgi-a@2.service",
+        ),
+        ("systemctl", "start", "fcgi-a@1.socket", "fcgi-a@2.socket"),
         ("systemctl", "is-active", "fcgi-a@1.socket", "fcgi-a@2.socket"),
         ("systemctl", "show", "-P", "Listen", "fcgi-a@1.socket", "fcgi-a@2.socket"),
         ("systemctl", "is-active", "fcgi-a@1.service", "fcgi-a@2.service"),
     ]
+
+
+class CrashLooped(Recorder):
+    """systemd after a crash loop: the service hit its start limit and failed its socket."""
+
+    def __init__(self, root: Path, failed: set[str]) -> None:
+        super().__init__(root)
+        self.state = dict.fromkeys(failed, "failed")
+
+    def __call__(self, argv: Sequence[str]) -> CommandResult:
+        verb, units = tuple(argv[1:2]), list(argv[2:])
+        if tuple(argv[:1]) == ("systemctl",) and verb == ("is-active",):
+            self.commands.append(tuple(argv))
+            return CommandResult(
+                tuple(argv), 0, "\n".join(self.state.get(u, "active") for u in units)
+            )
+        if verb == ("reset-failed",):
+            self.state.update((u, "inactive") for u in units if self.state.get(u) == "failed")
+        elif verb == ("start",):
+            self.state.update((u, "active") for u in units)
+            self.state.update((u.replace(".socket", ".service"), "active") for u in units)
+        return super().__call__(argv)
+
+
+def test_the_fix_for_a_crash_loop_brings_its_failed_sockets_back(tmp_path: Path) -> None:
+    """Domain item 2: the socket a crash loop failed must not stay failed after the fix."""
+    apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path))
+    failed = {"fcgi-a@1.socket", "fcgi-a@1.service", "fcgi-a@2.socket", "fcgi-a@2.service"}
+    runner = CrashLooped(tmp_path, failed)
+    apply_plan(live_plan(tmp_path, mode="fixed"), tmp_path, runner=runner)
+    assert ("systemctl", "start", "fcgi-a@1.socket", "fcgi-a@2.socket") in runner.commands
+    assert set(runner.state.values()) == {"active"}
 
 
 def test_a_plan_made_before_another_apply_is_refused(tmp_path: Path) -> None:

@@ -195,6 +195,36 @@ def test_a_program_that_exits_at_once_is_rolled_back(live: Container) -> None:
     apply(live, good)  # the record still says the good generation: nothing to do
 
 
+def test_the_fix_for_a_crash_loop_brings_its_failed_sockets_back(live: Container) -> None:
+    """Domain item 2: a crash loop trips the start limit, systemd fails the socket and it stops
+    listening. Applying the fixed program must make it listen again, not roll the fix back."""
+    good = spec({"alpha": (2, "0620", "2")}).replace(
+        "workers = 2", "workers = 2\nstart_limit_burst = 2\nrestart_sec = 0", 1
+    )
+    # Up long enough to pass apply's check, then it crashes: a bug that shows under traffic.
+    crashing = good.replace(
+        f'"/usr/bin/python3", "{PROJECT_MOUNT}/tests/support/fcgi_responder.py", "--fd0"',
+        '"/bin/sh", "-c", "sleep 3; exit 1"',
+    )
+    apply(live, crashing)
+    sockets = ["fcgi-alpha@1.socket", "fcgi-alpha@2.socket"]
+    deadline = time.monotonic() + 90
+    while live.run(["systemctl", "is-active", *sockets], check=False).stdout.split() != [
+        "failed",
+        "failed",
+    ]:
+        assert time.monotonic() < deadline, "the crash loop never failed the sockets"
+        live.curl("http://localhost/alpha/")
+        time.sleep(0.5)
+    report = apply(live, good)
+    assert [a["kind"] for a in report["plan"]["actions"]][-2:] == ["relisten", "verify"]
+    states = live.run(["systemctl", "is-active", *sockets], check=False).stdout.split()
+    assert states == ["active", "active"]
+    statuses = [live.curl("http://localhost/alpha/")[0] for _ in range(6)]
+    assert statuses == [200] * 6
+    assert live.failed_units() == []
+
+
 def test_nginx_config_that_fails_the_test_is_rolled_back(live: Container) -> None:
     good = spec({"alpha": (2, "0620", "2")})
     apply(live, good)
