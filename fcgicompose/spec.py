@@ -25,7 +25,16 @@ MAX_SOCKET_PATH = 107  # sun_path is 108 bytes with the terminating NUL
 NO_VALUE: Mapping[str, str] = types.MappingProxyType({})
 
 # Where nginx or a hardened service may not see a socket (PrivateTmp=, ProtectHome=).
-HIDDEN_SOCKET_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/home", "/root", "/run/user")
+# Where a socket must not go, and why.
+_HIDDEN_FROM = "is invisible to services with {} (nginx among them)"
+HIDDEN_SOCKET_DIRS = {
+    "/tmp": _HIDDEN_FROM.format("PrivateTmp="),
+    "/var/tmp": _HIDDEN_FROM.format("PrivateTmp="),
+    "/dev/shm": "is world-writable scratch space: another user can take the path first",
+    "/home": _HIDDEN_FROM.format("ProtectHome="),
+    "/root": _HIDDEN_FROM.format("ProtectHome="),
+    "/run/user": _HIDDEN_FROM.format("ProtectHome="),
+}
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 # systemd's UTF-8 check refuses Unicode noncharacters ("String is not UTF-8 clean") and then
 # ignores the whole assignment, e.g. Description= or ExecStart=.
@@ -209,13 +218,9 @@ RESERVED_ENVIRONMENT = (
 
 
 def _socket_location(value: str) -> tuple[str, str] | None:
-    for hidden in HIDDEN_SOCKET_DIRS:
+    for hidden, why in HIDDEN_SOCKET_DIRS.items():
         if value == hidden or value.startswith(hidden + "/"):
-            return (
-                f"socket under {hidden} is invisible to services with "
-                "PrivateTmp=/ProtectHome= (nginx among them)",
-                "put it under /run",
-            )
+            return f"socket under {hidden} {why}", "put it under /run"
     if value.count(WORKER_PLACEHOLDER) > 1:
         return ("may contain {worker} only once", "e.g. /run/app/app{worker}.sock")
     if value.endswith("/"):
