@@ -322,7 +322,7 @@ def _write_atomically(
 
     With sync_dir=False the caller fsyncs the directory itself, once for many files.
     """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    _make_directories(path.parent, 0o755)
     temp = _temp_path(path)
     with contextlib.suppress(FileNotFoundError):
         temp.unlink()
@@ -333,13 +333,26 @@ def _write_atomically(
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:
             os.fchmod(fd, mode)  # not subject to the umask
-            os.write(fd, content.encode("utf-8"))
+            data = memoryview(content.encode("utf-8"))
+            while data:
+                data = data[os.write(fd, data) :]
             os.fsync(fd)
         finally:
             os.close(fd)
     os.rename(temp, path)
     if sync_dir:
         _fsync_dir(path.parent)
+
+
+def _make_directories(directory: Path, mode: int) -> None:
+    """mkdir -p with `mode` on each directory it creates, whatever the umask (an admin's
+    umask 077 must not leave /etc/nginx/conf.d unreadable to whoever reads it)."""
+    if directory.is_dir():
+        return
+    _make_directories(directory.parent, mode)
+    with contextlib.suppress(FileExistsError):
+        directory.mkdir()
+        os.chmod(directory, mode)
 
 
 def _temp_path(path: Path) -> Path:

@@ -6,6 +6,8 @@ sequence, batching and rollback can be checked without touching this host.
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -242,6 +244,20 @@ def test_the_fix_for_a_crash_loop_brings_its_failed_sockets_back(tmp_path: Path)
     apply_plan(live_plan(tmp_path, mode="fixed"), tmp_path, runner=runner)
     assert ("systemctl", "start", "fcgi-a@1.socket", "fcgi-a@2.socket") in runner.commands
     assert set(runner.state.values()) == {"active"}
+
+
+def test_files_and_directories_get_their_modes_whatever_the_umask(tmp_path: Path) -> None:
+    """Domain item 19: written with a set mode, never left as temporary files."""
+    old = os.umask(0o077)
+    try:
+        apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path))
+    finally:
+        os.umask(old)
+    written = [p for p in (tmp_path / "etc").rglob("*") if not p.is_symlink()]
+    modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in written}
+    assert modes and all(mode in (0o644, 0o755) for mode in modes.values()), modes
+    assert modes["etc/nginx/conf.d"] == 0o755
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".fcgicompose-tmp")]
 
 
 def test_a_plan_made_before_another_apply_is_refused(tmp_path: Path) -> None:
