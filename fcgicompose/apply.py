@@ -571,11 +571,13 @@ class _Runtime:
             raise _StepFailed(attrs.evolve(result, output=message))
 
     def read_text(self, path: str) -> str | None:
-        """A file as `nginx -T` prints it (decoded like run_command), None if unreadable."""
+        """A file as `nginx -T` prints it, read back like run_command reads output (UTF-8 with
+        replacement, universal newlines: CRLF and CR become LF); None if unreadable."""
         try:
-            return host_path(self.root, path).read_bytes().decode("utf-8", "replace")
+            data = host_path(self.root, path).read_bytes().decode("utf-8", "replace")
         except (OSError, StateError):
             return None
+        return data.replace("\r\n", "\n").replace("\r", "\n")
 
     def identity(self, path: str) -> tuple[int, int] | None:
         try:

@@ -404,12 +404,15 @@ def _runtime_actions(files: Iterable[FileChange]) -> tuple[list[Action], list[st
             )
         )
     # A crash loop trips the service's start limit, and systemd then fails its socket, which
-    # stops listening: the fix (a changed service) must reset both and listen again.
+    # stops listening: the fix (a changed unit) must reset both and listen again.
     restarted_workers = tuple(s.replace(".service", ".socket") for s in restart_services)
     touched = (
         new_sockets
-        + tuple(restart_sockets)
-        + tuple(u for pair in zip(restarted_workers, restart_services, strict=True) for u in pair)
+        + tuple(
+            unit
+            for socket in (*restart_sockets, *restarted_workers)
+            for unit in (socket, socket.replace(".socket", ".service"))
+        )
         + gone
     )
     if touched:

@@ -36,6 +36,10 @@ def _kind(value: Any) -> Kind:
         raise ValueError(f"{value!r} is not a valid Kind") from None
 
 
+def paths_digest(entries: Mapping[str, Any]) -> str:
+    return sha256_text("\n".join(sorted(entries)))
+
+
 def sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -98,6 +102,13 @@ class Record:
     spec_sha256: str = ""
     tool_version: str = ""
     accounts: tuple[str, ...] = ()  # what the files need on the target, checked by quick plans
+    # sha256 of the recorded paths as written; a record edited by hand no longer matches, and
+    # a quick plan, which trusts the record's list of files, then steps aside.
+    paths_sha256: str = ""
+
+    @property
+    def paths_intact(self) -> bool:
+        return bool(self.paths_sha256) and self.paths_sha256 == paths_digest(self.entries)
 
     def to_json(self) -> str:
         data = {
@@ -105,6 +116,7 @@ class Record:
             "generation": self.generation,
             "spec": self.spec,
             "spec_sha256": self.spec_sha256,
+            "paths_sha256": paths_digest(self.entries),
             "tool_version": self.tool_version,
             "accounts": list(self.accounts),
             "files": {path: entry.to_json() for path, entry in sorted(self.entries.items())},
@@ -137,6 +149,7 @@ class Record:
                 str(data.get("spec_sha256", "")),
                 str(data.get("tool_version", "")),
                 tuple(str(a) for a in data.get("accounts", ())),
+                str(data.get("paths_sha256", "")),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise StateError(

@@ -63,7 +63,7 @@ def unchanged_plan(spec_text: str, spec_name: str, root: Path) -> Plan | None:
     record, _ = read_record(root)
     if not record.spec_sha256 or record.tool_version != __version__ or record.spec != spec_name:
         return None
-    if sha256_text(spec_text) != record.spec_sha256:
+    if sha256_text(spec_text) != record.spec_sha256 or not record.paths_intact:
         return None
     accounts = read_accounts(root)
     if accounts is not None:

@@ -139,6 +139,13 @@ def test_the_conf_dir_spelled_another_way_by_the_include_is_still_read(tmp_path:
     assert apply_plan(live_plan(tmp_path), tmp_path, runner=runner).generation == 1
 
 
+def test_a_foreign_file_with_crlf_line_ends_before_ours_is_walked_over(tmp_path: Path) -> None:
+    """run_command reads output with universal newlines; the files must be read the same way."""
+    (tmp_path / "etc/nginx/conf.d").mkdir(parents=True)
+    (tmp_path / "etc/nginx/conf.d/00-windows.conf").write_bytes(b"# edited on Windows\r\n\r\n")
+    assert apply_plan(live_plan(tmp_path), tmp_path, runner=Recorder(tmp_path)).generation == 1
+
+
 def test_the_dump_walk_steps_over_file_texts_that_look_like_markers() -> None:
     """An nginx.conf flattened from an old `nginx -T` inlines stale copies of our files."""
     files = {

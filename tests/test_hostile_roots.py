@@ -169,6 +169,19 @@ def test_a_root_that_does_not_exist_is_refused_not_created(
 LINK = "etc/systemd/system/sockets.target.wants/fcgi-rt@1.socket"
 
 
+def test_a_record_edited_by_hand_gets_a_full_plan(tmp_path: Path) -> None:
+    """The quick no-change plan trusts the record's list of files: not once someone edited it."""
+    applied(tmp_path)
+    record = tmp_path / "var/lib/fcgicompose/state.json"
+    data = json.loads(record.read_text())
+    del data["files"]["/" + LINK]
+    record.write_text(json.dumps(data))
+    (tmp_path / LINK).unlink()
+    result = cli("plan", str(MULTI), "--root", str(tmp_path), "--detailed-exitcode")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"+ /{LINK}" in result.stdout
+
+
 def _edit(root: Path) -> None:
     (root / UPSTREAM).write_text((root / UPSTREAM).read_text() + "# edited\n")
 
