@@ -17,6 +17,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from tests.validators import expand_instance
+
 # ----------------------------------------------------------------------------- systemd
 
 SYSTEMD_WHITESPACE = " \t\n\r"
@@ -188,16 +190,10 @@ def extract_words(
 
 def resolve_specifiers(text: str, instance: str) -> str:
     """Expand %% and %i (the only specifiers fcgicompose writes); others are Unliteral."""
-
-    def one(match: re.Match[str]) -> str:
-        spec = match.group(1)
-        if spec == "%":
-            return "%"
-        if spec == "i":
-            return instance
-        raise Unliteral(f"specifier %{spec} would be expanded in {text!r}")
-
-    return re.sub(r"%(.?)", one, text, flags=re.DOTALL)
+    try:
+        return expand_instance(text, instance)
+    except ValueError as error:
+        raise Unliteral(str(error)) from None
 
 
 def substitute_environment(word: str) -> str:
